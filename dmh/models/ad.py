@@ -1,0 +1,115 @@
+"""Algorithm Distillation (Laskin et al. 2023) over the across-episodic context, with a transformer or Mamba backbone.
+
+One token per step: a linear map of (state s_t, previous action a_{t-1}, previous reward r_{t-1}, episode-start flag)
+plus the within-episode timestep embedding. The previous action and reward cross episode boundaries on purpose: the
+last reward of an episode is evidence about the task. At the first step of a context there is no previous step
+("none" action, reward 0). One token per step instead of AD's three keeps the same information at a third of the
+sequence length, which is what makes the 4000-step contexts affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmh.models.blocks import ActionHead, ModelConfig, TimestepEmbedding, action_loss, loss_mask, shift_right
+from dmh.models.policy import Policy
+
+
+@dataclass
+class ADConfig(ModelConfig):
+    """Algorithm Distillation with a transformer backbone (the paper's "AD (Transformer)")."""
+
+    backbone: Literal["transformer", "mamba"] = "transformer"  # AD (Transformer) vs AD (Mamba), paper §2.1
+    context_len: int = 4000  # steps in a training window and in the transformer's online window (n * episode length)
+
+
+@dataclass
+class ADMambaConfig(ADConfig):
+    """AD (Mamba): the same tokens with a Mamba backbone; online it keeps all test episodes in its state."""
+
+    backbone: Literal["transformer", "mamba"] = "mamba"
+
+
+class AlgorithmDistillation(nn.Module):
+    """AD: `forward(batch) -> [B, L, act_dim]`, `loss(batch)`, `policy(batch_size)`."""
+
+    def __init__(self, cfg: ADConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        act_feat = cfg.act_dim + 1 if cfg.discrete else cfg.act_dim  # one-hot with a "none" slot / the vector
+        self.embed_step = nn.Linear(cfg.obs_dim + act_feat + 2, d)  # (s_t, a_{t-1}, r_{t-1}, episode_start_t)
+        self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.backbone == "transformer":
+            self.backbone = cfg.gpt(cfg.context_len, position_embedding=True)
+        else:
+            self.backbone = cfg.mamba()
+        self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
+
+    def _action_features(self, action: torch.Tensor) -> torch.Tensor:
+        """a [...] int64 (-1 = none) or [..., act_dim] -> features [..., act_feat]."""
+        if self.cfg.discrete:
+            return F.one_hot(torch.where(action < 0, self.cfg.act_dim, action), self.cfg.act_dim + 1).float()
+        return action
+
+    def embed(
+        self, obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, episode_start: torch.Tensor,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
+        """Step tokens: obs [B, L, obs_dim], prev_action [B, L(, act_dim)], prev_reward, episode_start, t [B, L]
+        -> [B, L, d]."""
+        feats = torch.cat([obs, self._action_features(prev_action), prev_reward.unsqueeze(-1),
+                           episode_start.float().unsqueeze(-1)], dim=-1)
+        return self.drop(self.embed_ln(self.embed_step(feats) + self.embed_timestep(t)))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-step action predictions [B, L, act_dim] over an across-episodic context."""
+        none = -1 if self.cfg.discrete else 0.0
+        x = self.embed(batch["obs"], shift_right(batch["actions"], none), shift_right(batch["rewards"], 0.0),
+                       batch["episode_start"], batch["timesteps"])  # [B, L, d]
+        return self.head(self.backbone(x))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = loss_mask(batch, self.cfg.loss_on)
+        loss = action_loss(self(batch), batch["actions"], mask, self.cfg.discrete)
+        return loss, {"loss": loss.item()}
+
+    def policy(self, batch_size: int) -> ADPolicy:
+        return ADPolicy(self, batch_size)
+
+
+class ADPolicy(Policy):
+    """Across-episodic context that is never cleared within a task: a sliding window of `context_len` steps (KV cache)
+    for the transformer, the recurrent state over every step since `reset()` for Mamba."""
+
+    def reset(self) -> None:
+        self._prepare()
+        cfg, b = self.model.cfg, self.batch_size
+        self.state = self.model.backbone.init_state(b, self.device)
+        self.prev_action = (torch.full((b,), -1, dtype=torch.long, device=self.device) if cfg.discrete
+                            else torch.zeros(b, cfg.act_dim, device=self.device))
+        self.prev_reward = torch.zeros(b, device=self.device)
+        self.episode_start = torch.ones(b, dtype=torch.bool, device=self.device)
+
+    def __init__(self, model: AlgorithmDistillation, batch_size: int) -> None:
+        super().__init__(model, batch_size)
+        self.reset()
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        x = self.model.embed(obs[:, None].to(self.device), self.prev_action[:, None], self.prev_reward[:, None],
+                             self.episode_start[:, None], timestep[:, None].to(self.device))  # [B, 1, d]
+        return self.model.head(self.model.backbone.step(x, self.state)[:, 0])
+
+    @torch.no_grad()
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
+        self.prev_action = action.to(self.device)
+        self.prev_reward = self._as(reward, torch.float32)
+        self.episode_start = self._as(done, torch.bool)

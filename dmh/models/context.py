@@ -1,0 +1,113 @@
+"""Across-episodic context helpers for DM-H: the block layout (one block per `c` steps) and the valuable sub-goal rule.
+
+These are the single place in the code for two paper concepts (§2.3 Eq. 5 and §2.5), so the data layer can reuse
+them and a reader finds them by name.
+
+Block layout. Inside a context (several episodes concatenated, right-padded), every episode is cut into blocks of `c`
+consecutive steps that START at the episode's first step; the last block of an episode may be partial (an episode of
+T steps has ceil(T / c) blocks). The first step of a context also starts a block, even if the context begins in the
+middle of an episode. Blocks are numbered in context order, so block k's Mamba tokens come after block k-1's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BlockLayout:
+    """Where each step of a [B, L] context sits in the [B, NB, c] grid of blocks."""
+
+    index: torch.Tensor  # [B, NB, c] int64 step index of each slot (0 in empty slots)
+    valid: torch.Tensor  # [B, NB, c] bool slot holds a real (unpadded) step; empty slots only at a block's end
+    block_valid: torch.Tensor  # [B, NB] bool block exists (right-padded like the steps)
+    step_block: torch.Tensor  # [B, L] int64 block number of each step (-1 on padding)
+    step_pos: torch.Tensor  # [B, L] int64 position of each step within its block, 0..c-1
+
+    @property
+    def start(self) -> torch.Tensor:
+        """[B, NB] step index of each block's first step."""
+        return self.index[:, :, 0]
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-step values x [B, L, ...] -> per-slot values [B, NB, c, ...] (empty slots hold step 0's value)."""
+        b, nb, c = self.index.shape
+        flat = self.index.reshape(b, nb * c)
+        idx = flat.view(b, nb * c, *([1] * (x.dim() - 2))).expand(b, nb * c, *x.shape[2:])
+        return torch.gather(x, 1, idx).view(b, nb, c, *x.shape[2:])
+
+    def scatter(self, per_slot: torch.Tensor, length: int) -> torch.Tensor:
+        """Inverse of `gather` on valid slots: [B, NB, c, ...] -> [B, L, ...] (zeros on padding)."""
+        b = per_slot.shape[0]
+        rows = torch.arange(b, device=per_slot.device)[:, None, None].expand_as(self.index)
+        out = per_slot.new_zeros(b, length, *per_slot.shape[3:])
+        return out.index_put((rows[self.valid], self.index[self.valid]), per_slot[self.valid])
+
+
+def block_layout(episode_start: torch.Tensor, mask: torch.Tensor, c: int) -> BlockLayout:
+    """Split right-padded contexts into blocks of `c` steps starting at every episode start.
+
+    episode_start, mask: [B, L] bool. Works for any positive `c` and for episodes of any length.
+    """
+    if c < 1:
+        raise ValueError(f"block size c must be a positive integer, got {c}")
+    batch, length = mask.shape
+    t = torch.arange(length, device=mask.device).expand(batch, length)  # [B, L]
+    segment_start = episode_start.clone()
+    segment_start[:, 0] = True
+    episode_first = torch.cummax(torch.where(segment_start, t, 0), dim=1).values  # [B, L] first step of the episode
+    pos = (t - episode_first) % c  # [B, L]
+    starts = (pos == 0) & mask
+    step_block = torch.where(mask, torch.cumsum(starts.long(), dim=1) - 1, -1)  # [B, L]
+    n_blocks = max(int(step_block.max()) + 1, 1)
+    index = torch.zeros(batch, n_blocks, c, dtype=torch.long, device=mask.device)
+    valid = torch.zeros(batch, n_blocks, c, dtype=torch.bool, device=mask.device)
+    rows, steps = mask.nonzero(as_tuple=True)
+    index[rows, step_block[rows, steps], pos[rows, steps]] = steps
+    valid[rows, step_block[rows, steps], pos[rows, steps]] = True
+    return BlockLayout(index=index, valid=valid, block_valid=valid[:, :, 0], step_block=step_block, step_pos=pos)
+
+
+def episode_last_step(episode_start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L] int64: for each step, the index of the last valid step of its episode within the context."""
+    batch, length = mask.shape
+    t = torch.arange(length, device=mask.device).expand(batch, length)
+    starts = episode_start.clone()
+    starts[:, 0] = True
+    episode = torch.cumsum(starts.long(), dim=1) - 1  # [B, L] episode number in the context
+    last = torch.full((batch, length), -1, dtype=torch.long, device=mask.device)
+    last = last.scatter_reduce(1, episode, torch.where(mask, t, -1), reduce="amax")  # [B, n_episodes <= L]
+    return last.gather(1, episode)
+
+
+@torch.no_grad()
+def valuable_subgoal_index(
+    rewards: torch.Tensor,  # [B, L] reward of each step (received after acting at that step)
+    episode_start: torch.Tensor,  # [B, L] bool
+    mask: torch.Tensor,  # [B, L] bool
+    from_steps: torch.Tensor,  # [B, NB] int64 step i at which a sub-goal is chosen (each block's first step)
+    max_elements: int = 1 << 22,  # bound on the [B, blocks, L] score matrix built at once
+) -> torch.Tensor:
+    """The paper's valuable sub-goal (§2.5): for a state s_i, the later state s_j of the same episode maximising the
+    mean reward collected on the way, V(s_j | s_i) = sum_{k=i+1..j} r_k / (j - i). Returns j [B, NB] (step indices).
+
+    The paper's r_k is the reward for *arriving* at s_k; in our batches rewards[u] is the reward of the transition
+    s_u -> s_{u+1}, so the sum is rewards[i .. j-1]. The transition out of the episode's last step e is included by
+    letting j run to e + 1 and clipping the returned state to s_e (the authors' code does the same). Ties go to the
+    nearest state (first argmax), so all-zero rewards select s_{i+1}.
+    """
+    batch, length = rewards.shape
+    csum = torch.cat([rewards.new_zeros(batch, 1), torch.cumsum(rewards * mask, dim=1)], dim=1)  # [B, L+1] sum r[<j]
+    last = episode_last_step(episode_start, mask).gather(1, from_steps)  # [B, NB] last step e of i's episode
+    j = torch.arange(length + 1, device=rewards.device)  # candidate arrival states 0..L
+    per_chunk = max(1, max_elements // max(batch * (length + 1), 1))
+    out = []
+    for s in range(0, from_steps.shape[1], per_chunk):
+        i = from_steps[:, s : s + per_chunk, None]  # [B, n, 1]
+        e = last[:, s : s + per_chunk, None]
+        score = (csum[:, None, :] - csum.gather(1, i.squeeze(-1))[..., None]) / (j - i).clamp(min=1)  # [B, n, L+1]
+        score = score.masked_fill((j <= i) | (j > e + 1), float("-inf"))
+        out.append(torch.minimum(score.argmax(-1), e.squeeze(-1)).clamp(min=0))
+    return torch.cat(out, dim=1)

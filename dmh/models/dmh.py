@@ -1,0 +1,240 @@
+"""Decision Mamba-Hybrid (DM-H, Huang et al. 2024): a Mamba over the coarsened across-episodic context emits a sub-goal
+z once per block of `c` steps; a small GPT over the block's 4c tokens (z, s, a, r) x c predicts the block's actions.
+
+High level (§2.3): per block the Mamba reads [RTG] s r_hat d, where s is the block's first state, r_hat the sum of the
+block's rewards and d whether the episode ended in the block. z is read at the state token, so it sees only earlier
+blocks and the current state. It is Gaussian with tanh-bounded mean and log-variance (the authors' head, §2.3).
+Low level (§2.4): the local sequence holds the same z before each step; a_t is read at the s_t token.
+Valuable sub-goals (§2.5): a second copy of every local sequence has z replaced by f(s_g), f a frozen random linear
+map, and is supervised on the same actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from dmh.models.blocks import ActionEmbedding, ActionHead, ModelConfig, TimestepEmbedding, action_loss, loss_mask
+from dmh.models.context import BlockLayout, block_layout, valuable_subgoal_index
+from dmh.models.policy import Policy
+
+
+@dataclass
+class DMHConfig(ModelConfig):
+    """DM-H. Options marked "item N" are the paper's open questions (paper.md §8.2), see docs/reproduction.md."""
+
+    block_size: int = 20  # c: steps per sub-goal / local context (paper: 20 for D4RL, Large Grid World, Tmaze; 5 Grid)
+    rtg_token: bool = False  # item 1: prepend a return-to-go token to every Mamba block (authors' code; paper: no)
+    rtg_scale: float = 1.0  # the data layer divides returns-to-go by this; the policy does the same online
+    z_dim: int | None = None  # sub-goal size; None = obs_dim, as the authors' code (item 9)
+    valuable_subgoals: bool = True  # item 8: the f(s_g) branch and its loss (off = the paper's ablation)
+    subgoal_loss_weight: float = 0.5  # item 6: weight of the f(s_g) branch's loss (authors' code 0.5; paper silent)
+    freeze_subgoal_proj: bool = True  # item 9: f stays at its random init (paper: frozen; code: detached)
+    z_train: Literal["sample", "mean"] = "sample"  # item 10: z in training, reparameterised sample (code) or the mean
+    z_eval: Literal["sample", "mean"] = "sample"  # item 10: z online / in eval mode; one draw per block
+    local_checkpoint_chunk: int = 512  # local sequences per activation-checkpointed chunk in training (0 = off)
+
+
+class DecisionMambaHybrid(nn.Module):
+    """DM-H: `forward(batch) -> [B, L, act_dim]`, `loss(batch)`, `policy(batch_size, target_return)`."""
+
+    def __init__(self, cfg: DMHConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, c = cfg.d_model, cfg.block_size
+        self.z_dim = cfg.z_dim or cfg.obs_dim
+        self.tokens_per_block = 4 if cfg.rtg_token else 3  # [RTG] s r_hat d
+        # high level: Mamba over block tokens
+        self.embed_block_rtg = nn.Linear(1, d) if cfg.rtg_token else None
+        self.embed_block_state = nn.Linear(cfg.obs_dim, d)
+        self.embed_block_reward = nn.Linear(1, d)
+        self.embed_block_done = nn.Embedding(2, d)
+        self.block_ln = nn.LayerNorm(d)
+        self.mamba = cfg.mamba()
+        self.z_head = nn.Linear(d, 2 * self.z_dim)
+        # low level: GPT over (z, s, a, r) x c
+        self.embed_z = nn.Linear(self.z_dim, d)
+        self.embed_state = nn.Linear(cfg.obs_dim, d)
+        self.embed_action = ActionEmbedding(cfg.act_dim, cfg.discrete, d)
+        self.embed_reward = nn.Linear(1, d)
+        self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
+        self.embed_ln = nn.LayerNorm(d)
+        self.gpt = cfg.gpt(4 * c)
+        self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.valuable_subgoals:
+            self.subgoal_proj = nn.Linear(cfg.obs_dim, self.z_dim)  # f
+            self.subgoal_proj.requires_grad_(not cfg.freeze_subgoal_proj)
+
+    # ---------------------------------------------------------------------------------------------- high level
+    def block_tokens(
+        self, state: torch.Tensor, rtg: torch.Tensor | None, reward_sum: torch.Tensor, done: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-block inputs [..., obs_dim], [...], [...], [...] bool -> Mamba tokens [..., tokens_per_block, d]."""
+        tokens = [self.embed_block_state(state), self.embed_block_reward(reward_sum.unsqueeze(-1)),
+                  self.embed_block_done(done.long())]
+        if self.embed_block_rtg is not None:
+            tokens.insert(0, self.embed_block_rtg(rtg.unsqueeze(-1)))
+        return self.drop(self.block_ln(torch.stack(tokens, dim=-2)))
+
+    def z_distribution(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mamba output at a state token [..., d] -> (mean, log-variance) [..., z_dim], both in (-1, 1)."""
+        mean, logvar = torch.tanh(self.z_head(h)).chunk(2, dim=-1)
+        return mean, logvar
+
+    def draw_z(self, mean: torch.Tensor, logvar: torch.Tensor, mode: str, generator: torch.Generator | None = None):
+        if mode == "mean":
+            return mean
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    def subgoals(self, batch: dict[str, torch.Tensor], layout: BlockLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log-variance) of z for every block, [B, NB, z_dim]: one Mamba pass over all block tokens."""
+        rewards = layout.gather(batch["rewards"] * batch["mask"])  # [B, NB, c]
+        reward_sum = (rewards * layout.valid).sum(-1)  # [B, NB]
+        done = (layout.gather(batch["done"]) & layout.valid).any(-1)  # [B, NB]
+        start = layout.start
+        state = layout.gather(batch["obs"])[:, :, 0]  # [B, NB, obs_dim]
+        rtg = batch["rtg"].gather(1, start) if self.cfg.rtg_token else None
+        x = self.block_tokens(state, rtg, reward_sum, done)  # [B, NB, k, d]
+        batch_size, n_blocks, k, d = x.shape
+        h = self.mamba(x.reshape(batch_size, n_blocks * k, d)).reshape(batch_size, n_blocks, k, d)
+        return self.z_distribution(h[:, :, k - 3])  # z at the state token (after the optional RTG)
+
+    # ----------------------------------------------------------------------------------------------- low level
+    def local_tokens(
+        self, z: torch.Tensor, obs: torch.Tensor, action: torch.Tensor | None, reward: torch.Tensor | None,
+        t: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-step local tokens: z [..., z_dim], obs [..., obs_dim], action, reward [...], t [...]
+        -> [..., 2 or 4, d] = (z, s[, a, r]) each plus the timestep embedding."""
+        time = self.embed_timestep(t)
+        tokens = [self.embed_z(z) + time, self.embed_state(obs) + time]
+        if action is not None:
+            tokens += [self.embed_action(action) + time, self.embed_reward(reward.unsqueeze(-1)) + time]
+        return self.drop(self.embed_ln(torch.stack(tokens, dim=-2)))
+
+    def local_actions(self, batch: dict[str, torch.Tensor], layout: BlockLayout, z: torch.Tensor) -> torch.Tensor:
+        """Run the local GPT on every block's (z, s, a, r) x c sequence, z [B, NB, z_dim] -> predictions [B, L, act]."""
+        c = self.cfg.block_size
+        x = self.local_tokens(
+            z[:, :, None].expand(*layout.index.shape, self.z_dim), layout.gather(batch["obs"]),
+            layout.gather(batch["actions"]), layout.gather(batch["rewards"]), layout.gather(batch["timesteps"]),
+        )  # [B, NB, c, 4, d]
+        seqs = x[layout.block_valid].flatten(1, 2)  # [N_blocks, 4c, d], one local sequence per real block
+        h = self._run_gpt(seqs).unflatten(1, (c, 4))[:, :, 1]  # [N_blocks, c, d] at the state tokens
+        per_slot = h.new_zeros(*layout.index.shape, h.shape[-1]).index_put((layout.block_valid,), h)
+        return self.head(layout.scatter(per_slot, batch["obs"].shape[1]))
+
+    def _run_gpt(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Blocks are independent sequences: in training, checkpoint them in chunks so activation memory stays
+        bounded by the chunk, not by the context length (20k steps = 1000 local sequences at c = 20)."""
+        chunk = self.cfg.local_checkpoint_chunk
+        if not (chunk and torch.is_grad_enabled() and seqs.shape[0] > chunk):
+            return self.gpt(seqs)
+        return torch.cat([checkpoint(self.gpt, p, use_reentrant=False) for p in seqs.split(chunk)], dim=0)
+
+    # --------------------------------------------------------------------------------------------- interface
+    def forward(self, batch: dict[str, torch.Tensor], z_mode: str | None = None) -> torch.Tensor:
+        """Per-step action predictions [B, L, act_dim] from the z branch (z drawn per `z_train` / `z_eval`)."""
+        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.block_size)
+        mean, logvar = self.subgoals(batch, layout)
+        mode = z_mode or (self.cfg.z_train if self.training else self.cfg.z_eval)
+        return self.local_actions(batch, layout, self.draw_z(mean, logvar, mode))
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Action loss of the z branch, plus `subgoal_loss_weight` x the f(s_g) branch's (same actions, same steps)."""
+        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.block_size)
+        mean, logvar = self.subgoals(batch, layout)
+        mode = self.cfg.z_train if self.training else self.cfg.z_eval
+        mask = loss_mask(batch, self.cfg.loss_on)
+        loss_z = action_loss(self.local_actions(batch, layout, self.draw_z(mean, logvar, mode)), batch["actions"],
+                             mask, self.cfg.discrete)
+        logs = {"loss_z": loss_z.item()}
+        loss = loss_z
+        if self.cfg.valuable_subgoals:
+            goal = valuable_subgoal_index(batch["rewards"], batch["episode_start"], batch["mask"], layout.start)
+            z_goal = self.subgoal_proj(batch["obs"].gather(1, goal[..., None].expand(*goal.shape, self.cfg.obs_dim)))
+            if self.cfg.freeze_subgoal_proj:
+                z_goal = z_goal.detach()
+            loss_goal = action_loss(self.local_actions(batch, layout, z_goal), batch["actions"], mask,
+                                    self.cfg.discrete)
+            loss = loss_z + self.cfg.subgoal_loss_weight * loss_goal
+            logs["loss_goal"] = loss_goal.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def policy(
+        self, batch_size: int, target_return: float | torch.Tensor = 0.0, z_mode: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DMHPolicy:
+        """Online policy; `target_return` (raw) feeds the optional RTG token, `z_mode` overrides `z_eval`."""
+        return DMHPolicy(self, batch_size, target_return, z_mode or self.cfg.z_eval, generator)
+
+
+class DMHPolicy(Policy):
+    """Mamba state persists across all episodes since `reset()` and advances only at block boundaries (per row);
+    the local GPT's KV cache is cleared at every block start, so it never holds more than 4c tokens.
+
+    Per row and block: at the block's first `act`, the Mamba steps [RTG,] s and z is drawn; every `act` feeds (z, s)
+    to the GPT and every `observe` feeds (a, r); when the block is full or the episode ends, the Mamba steps r_hat, d.
+    """
+
+    def __init__(
+        self, model: DecisionMambaHybrid, batch_size: int, target_return: float | torch.Tensor, z_mode: str,
+        generator: torch.Generator | None,
+    ) -> None:
+        super().__init__(model, batch_size)
+        self.target = self._as(target_return, torch.float32).expand(batch_size) / model.cfg.rtg_scale  # [B]
+        self.z_mode, self.generator = z_mode, generator
+        self.reset()
+
+    def reset(self) -> None:
+        self._prepare()
+        m, b = self.model, self.batch_size
+        self.mamba_state = m.mamba.init_state(b, self.device)
+        self.cache = m.gpt.init_state(b, self.device, unit=4)
+        self.z = torch.zeros(b, m.z_dim, device=self.device)
+        self.pos = torch.zeros(b, dtype=torch.long, device=self.device)  # step within the current block
+        self.reward_sum = torch.zeros(b, device=self.device)  # rewards so far in the current block
+        self.rtg = self.target.clone()  # [B] scaled return still to go in the current episode
+        self.timestep = torch.zeros(b, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        obs, self.timestep = obs.to(self.device), timestep.to(self.device)
+        starting = self.pos == 0  # [B] rows that begin a block at this step
+        if bool(starting.any()):
+            blank = torch.zeros_like(self.rtg)
+            tokens = m.block_tokens(obs, self.rtg, blank, blank.bool())[..., : m.tokens_per_block - 2, :]
+            for i in range(tokens.shape[1]):  # [RTG,] s
+                h = m.mamba.step_token(tokens[:, i], self.mamba_state, advance=starting)
+            z = m.draw_z(*m.z_distribution(h), self.z_mode, self.generator)
+            self.z = torch.where(starting[:, None], z, self.z)
+            m.gpt.reset_rows(self.cache, starting)
+        x = m.local_tokens(self.z, obs, None, None, self.timestep)  # [B, 2, d]
+        return m.head(m.gpt.step(x, self.cache)[:, 1])
+
+    @torch.no_grad()
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
+        m = self.model
+        reward, done = self._as(reward, torch.float32), self._as(done, torch.bool)
+        x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
+                           action.to(self.device), reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
+        m.gpt.step(x, self.cache)
+        self.reward_sum = self.reward_sum + reward
+        self.pos = self.pos + 1
+        ending = (self.pos == m.cfg.block_size) | done  # [B] rows whose block is complete
+        if bool(ending.any()):
+            tokens = m.block_tokens(torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device), self.rtg,
+                                    self.reward_sum, done)[..., -2:, :]  # r_hat, d
+            for i in range(2):
+                m.mamba.step_token(tokens[:, i], self.mamba_state, advance=ending)
+            self.reward_sum = self.reward_sum.masked_fill(ending, 0.0)
+            self.pos = self.pos.masked_fill(ending, 0)
+        self.rtg = torch.where(done, self.target, self.rtg - reward / m.cfg.rtg_scale)

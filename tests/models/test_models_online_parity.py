@@ -1,0 +1,115 @@
+"""The step-by-step online policy must reproduce the full-sequence forward pass exactly, for every model: the classic
+forward-vs-step mismatch (different tokens, positions or context at test time than in training) is ruled out here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models_testkit import ALGOS, SINGLE_EPISODE, make_batch, policy_outputs, tiny_config
+
+from dmh.models import build_model
+
+# Rows end episodes at different steps; DM-H blocks (c = 3) are cut by episode ends into partial blocks.
+ACROSS_EPISODES = [[5, 7, 4, 6], [3, 9, 1, 8], [11, 10]]
+ONE_EPISODE = [[14], [9], [16]]
+
+
+def _episodes(algo: str) -> list[list[int]]:
+    return ONE_EPISODE if algo in SINGLE_EPISODE else ACROSS_EPISODES
+
+
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_policy_steps_reproduce_forward_on_the_same_trajectory(algo: str, discrete: bool) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config(algo, discrete)
+    model = build_model(algo, cfg).eval()
+    batch = make_batch(_episodes(algo), cfg.obs_dim, cfg.act_dim, discrete)
+    with torch.no_grad():
+        full = model(batch)
+    stepped = policy_outputs(model, batch)
+    mask = batch["mask"]
+    assert full.shape == stepped.shape == (*mask.shape, cfg.act_dim)
+    torch.testing.assert_close(stepped[mask], full[mask], atol=2e-5, rtol=1e-4)
+
+
+def test_dmh_policy_reproduces_forward_without_rtg_token_and_with_odd_block_size() -> None:
+    torch.manual_seed(1)
+    cfg = tiny_config("dmh", rtg_token=False, block_size=4)
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch(ACROSS_EPISODES, cfg.obs_dim, cfg.act_dim)
+    with torch.no_grad():
+        full = model(batch)
+    torch.testing.assert_close(policy_outputs(model, batch)[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("c", [1, 2, 5, 40])
+def test_dmh_policy_reproduces_forward_for_any_block_size(c: int) -> None:
+    torch.manual_seed(2)
+    cfg = tiny_config("dmh", block_size=c)
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[5, 7, 4], [13, 3]], cfg.obs_dim, cfg.act_dim)
+    with torch.no_grad():
+        full = model(batch)
+    torch.testing.assert_close(policy_outputs(model, batch)[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
+
+
+def test_dmh_sampled_z_matches_forward_given_the_same_noise() -> None:
+    """With z sampled (the paper's default at test time), policy and forward agree when they draw the same noise:
+    one draw per block, in block order."""
+    torch.manual_seed(3)
+    cfg = tiny_config("dmh", z_eval="sample")
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[7, 5]], cfg.obs_dim, cfg.act_dim)
+    stepped = policy_outputs(model, batch, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    draws = iter([torch.randn(1, model.z_dim, generator=g) for _ in range(5)])  # blocks: 3+3+1, 3+2
+    original = model.draw_z
+
+    def draw_in_block_order(mean, logvar, mode, generator=None):
+        eps = torch.cat([next(draws) for _ in range(mean.shape[1])])[None]  # [1, NB, z]
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    model.draw_z = draw_in_block_order
+    with torch.no_grad():
+        full = model(batch)
+    model.draw_z = original
+    torch.testing.assert_close(stepped[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
+
+
+def test_transformer_window_slides_by_whole_steps_like_a_fresh_training_window() -> None:
+    """Past `context_len` steps the AD transformer attends to exactly the last `context_len` steps, as the forward
+    pass over that window would (its first token still carries the true previous action and reward)."""
+    torch.manual_seed(4)
+    cfg = tiny_config("ad-transformer", context_len=6)
+    model = build_model("ad-transformer", cfg).eval()
+    batch = make_batch([[4, 5, 4]], cfg.obs_dim, cfg.act_dim)
+    stepped = policy_outputs(model, batch)
+    for t in [6, 9, 12]:  # windows [t-5, t]
+        x = model.embed(batch["obs"][:, t - 5 : t + 1], _prev(batch["actions"], t - 5, t + 1, -1),
+                        _prev(batch["rewards"], t - 5, t + 1, 0.0), batch["episode_start"][:, t - 5 : t + 1],
+                        batch["timesteps"][:, t - 5 : t + 1])
+        with torch.no_grad():
+            expected = model.head(model.backbone(x))[:, -1]
+        torch.testing.assert_close(stepped[:, t], expected, atol=2e-5, rtol=1e-4)
+
+
+def _prev(x: torch.Tensor, start: int, stop: int, fill: float) -> torch.Tensor:
+    """x[t-1] for t in [start, stop), from the full trajectory (the window knows what happened before it)."""
+    if start == 0:
+        return torch.cat([torch.full_like(x[:, :1], fill), x[:, : stop - 1]], dim=1)
+    return x[:, start - 1 : stop - 1]
+
+
+def test_dt_window_resets_at_episode_end_and_matches_per_episode_forward() -> None:
+    """DT's context is one episode: a row that finishes an episode starts the next one from an empty context."""
+    torch.manual_seed(5)
+    cfg = tiny_config("dt")
+    model = build_model("dt", cfg).eval()
+    batch = make_batch([[6, 8], [8, 6]], cfg.obs_dim, cfg.act_dim)
+    stepped = policy_outputs(model, batch)
+    for b, first in [(0, 6), (1, 8)]:
+        for sl in [slice(0, first), slice(first, 14)]:
+            episode = {k: v[b : b + 1, sl] for k, v in batch.items()}
+            with torch.no_grad():
+                torch.testing.assert_close(stepped[b : b + 1, sl], model(episode), atol=2e-5, rtol=1e-4)
