@@ -279,7 +279,7 @@ def load_d4rl(name: str, path: str | os.PathLike | None = None) -> EpisodeDatase
         f"D4RL dataset {name} not found: looked for the d4rl cache file {cache} (set D4RL_DATASET_DIR to its folder) "
         f"and the Minari dataset {dataset_id} in {minari_dir}. Download {cache.name} on a networked machine from "
         f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{cache.name} and copy it there or pass its "
-        f"path, or write a small stand-in with `dmh data d4rl-sample {name} OUT.hdf5` and pass that path."
+        f"path, or write a small stand-in with `dmh data d4rl-sample --name {name} --out OUT.hdf5` and pass that path."
     )
 
 
