@@ -25,6 +25,7 @@ from dmh.data.d4rl import (
     rollout_random_policy,
     write_d4rl_sample,
 )
+from dmh.data.format import load_dataset, save_dataset
 from dmh.envs.mujoco import MUJOCO_SPECS, gym_env_id, make_mujoco_env
 from dmh.errors import DmhError
 
@@ -176,6 +177,13 @@ def test_loaded_dataset_has_the_project_format(tmp_path):
     assert (meta["env_id"], meta["gym_env_id"], meta["discrete"], meta["seed"]) == ("walker2d-medium-v2",
                                                                                      "Walker2d-v5", False, None)
     assert (meta["obs_dim"], meta["act_dim"]) == (17, 6)
+
+
+def test_loaded_dataset_saves_and_reloads_in_the_project_format(tmp_path):
+    dataset = load_d4rl("hopper-medium-v2", write_raw(tmp_path / "raw.hdf5", synthetic_arrays(trailing=2)))
+    reloaded = load_dataset(save_dataset(dataset, tmp_path / "dmh.h5"))
+    np.testing.assert_array_equal(reloaded.episode_returns, dataset.episode_returns)
+    assert reloaded.metadata["env_id"] == "hopper-medium-v2"
 
 
 def test_episodes_split_on_terminals_or_timeouts(tmp_path):
