@@ -1,0 +1,160 @@
+"""The ``dmh`` command. Every subcommand validates its input before any work starts; bad input prints one line
+``dmh: error: …`` and exits with status 2, with no traceback and no file touched."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from dmh.errors import DmhError
+
+log = logging.getLogger("dmh")
+
+
+# ----------------------------------------------------------------------------------------------------- dmh data …
+def _cmd_data_grid(args: argparse.Namespace) -> None:
+    from dmh.data.cache import cached_path, load_or_build
+    from dmh.data.histories import (
+        GRID_NAMES,
+        check_history_config,
+        check_learning,
+        generate_histories,
+        history_config,
+        summarize_learning,
+    )
+    from dmh.io import check_writable_output
+
+    names = GRID_NAMES if args.env == ["all"] else args.env
+    configs = [history_config(name, steps=args.steps, histories_per_task=args.histories_per_task, seed=args.seed,
+                              num_tasks=args.num_tasks) for name in names]
+    for cfg in configs:
+        check_history_config(cfg)
+    if args.out is not None:
+        if len(configs) != 1:
+            raise DmhError("--out names one file: use it with a single --env (or use --data-dir)")
+        check_writable_output(args.out, args.overwrite)
+
+    for cfg in configs:
+        def build(cfg=cfg):
+            dataset = generate_histories(cfg, show_progress=not args.quiet)
+            check_learning(summarize_learning(dataset), cfg.min_improvement)
+            return dataset
+
+        path = args.out or cached_path(cfg.env, asdict(cfg), args.data_dir)
+        dataset, built = load_or_build(path, build, rebuild=args.overwrite or args.out is not None)
+        summary = summarize_learning(dataset)
+        print(f"{summary.line()}   {'wrote' if built else 'cached'} {path}", flush=True)
+
+
+def _cmd_data_tmaze(args: argparse.Namespace) -> None:
+    from dmh.data.cache import cached_path, load_or_build
+    from dmh.data.tmaze import TMazeDataConfig, check_tmaze_config, generate_tmaze
+    from dmh.io import check_writable_output
+
+    cfg = TMazeDataConfig(memory_length=args.memory_length, active=args.active, histories=args.histories,
+                          episodes_per_history=args.episodes_per_history, seed=args.seed)
+    check_tmaze_config(cfg)
+    if args.out is not None:
+        check_writable_output(args.out, args.overwrite)
+    path = args.out or cached_path(f"tmaze-{cfg.memory_length}", asdict(cfg), args.data_dir)
+    dataset, built = load_or_build(path, lambda: generate_tmaze(cfg), rebuild=args.overwrite or args.out is not None)
+    returns = dataset.episode_returns
+    print(f"tmaze-{cfg.memory_length}: {dataset.num_episodes} episodes, {dataset.num_steps} steps, return min "
+          f"{returns.min():.3f} mean {returns.mean():.3f} max {returns.max():.3f}, optimal "
+          f"{(returns >= 1 - 1e-6).mean():.0%}   {'wrote' if built else 'cached'} {path}")
+
+
+def _cmd_data_d4rl_sample(args: argparse.Namespace) -> None:
+    from dmh.data.d4rl import write_d4rl_sample
+
+    path = write_d4rl_sample(args.name, args.out, episodes=args.episodes, max_episode_steps=args.max_episode_steps,
+                             seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {path} (D4RL HDF5 layout, {args.episodes} episodes of {args.name} rolled out in gymnasium MuJoCo)")
+
+
+def _cmd_data_show(args: argparse.Namespace) -> None:
+    import json
+
+    from dmh.data.format import load_dataset
+
+    dataset = load_dataset(args.path)
+    print(json.dumps({k: v for k, v in dataset.metadata.items()}, indent=2, default=str))
+    returns = dataset.episode_returns
+    print(f"returns: min {returns.min():.3f} mean {returns.mean():.3f} max {returns.max():.3f}")
+    if dataset.metadata.get("generator", {}).get("name") == "tabular_q_learning":
+        from dmh.data.histories import summarize_learning
+
+        print(summarize_learning(dataset).line())
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    from dmh.data.histories import GRID_NAMES
+
+    data = sub.add_parser("data", help="generate or inspect datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seed", type=int, default=0, help="generator seed")
+        p.add_argument("--data-dir", type=Path, default=None, help="cache folder (default $DMH_DATA_DIR or ./data)")
+        p.add_argument("--out", type=Path, default=None, help="write to this file instead of the cache")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+    grid = dsub.add_parser("grid", help="Grid World learning histories (tabular Q-learning), with a learning summary")
+    grid.add_argument("--env", nargs="+", default=["all"], choices=[*GRID_NAMES, "all"], metavar="ENV",
+                      help=f"families: {', '.join(GRID_NAMES)} or all (default)")
+    grid.add_argument("--steps", type=int, default=1_000_000, help="environment steps per family (paper: 1M)")
+    grid.add_argument("--histories-per-task", type=int, default=1, help="learners (seeds) per training task")
+    grid.add_argument("--num-tasks", type=int, default=60, help="training tasks used (at most 60)")
+    grid.add_argument("--quiet", action="store_true", help="no progress output")
+    common(grid)
+    grid.set_defaults(func=_cmd_data_grid)
+
+    tmaze = dsub.add_parser("tmaze", help="T-maze noisy-oracle episodes with a spread of returns")
+    tmaze.add_argument("--memory-length", type=int, required=True, help="corridor length L")
+    tmaze.add_argument("--active", action="store_true", help="active T-maze variant")
+    tmaze.add_argument("--histories", type=int, default=10)
+    tmaze.add_argument("--episodes-per-history", type=int, default=20)
+    common(tmaze)
+    tmaze.set_defaults(func=_cmd_data_tmaze)
+
+    sample = dsub.add_parser("d4rl-sample", help="a small file in the exact D4RL HDF5 layout, from gymnasium MuJoCo")
+    sample.add_argument("--name", default="hopper-medium-v2", help="D4RL dataset name, e.g. hopper-medium-v2")
+    sample.add_argument("--out", type=Path, required=True)
+    sample.add_argument("--episodes", type=int, default=5)
+    sample.add_argument("--max-episode-steps", type=int, default=1000)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--overwrite", action="store_true")
+    sample.set_defaults(func=_cmd_data_d4rl_sample)
+
+    show = dsub.add_parser("show", help="print a dataset file's metadata and returns")
+    show.add_argument("path", type=Path)
+    show.set_defaults(func=_cmd_data_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmh", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_data_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except DmhError as exc:
+        print(f"dmh: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

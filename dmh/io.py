@@ -1,0 +1,38 @@
+"""Atomic file writing: a reader never sees a partial file, and an existing file is only replaced when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from dmh.errors import DmhError
+
+
+def check_writable_output(path: Path, overwrite: bool) -> None:
+    """Fail before any work starts if ``path`` exists (without ``overwrite``) or its folder cannot be written."""
+    if path.exists() and not overwrite:
+        raise DmhError(f"{path} already exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise DmhError(f"{path} is a directory, not a file")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise DmhError(f"cannot write to {parent}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block finishes without error."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
