@@ -29,7 +29,9 @@ def cached_path(name: str, settings: dict[str, Any], data_dir: Path | None = Non
     return (data_dir or default_data_dir()) / f"{name}-{settings_key(settings)}.h5"
 
 
-def load_or_build(path: Path, build: Callable[[], EpisodeDataset], rebuild: bool = False) -> tuple[EpisodeDataset, bool]:
+def load_or_build(
+    path: Path, build: Callable[[], EpisodeDataset], rebuild: bool = False
+) -> tuple[EpisodeDataset, bool]:
     """Load ``path`` if it exists (and ``rebuild`` is false), else build, save atomically and return it.
 
     Returns (dataset, built_now).

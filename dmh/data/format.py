@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 STEP_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 EPISODE_KEYS = ("episode_task", "episode_history")
 REQUIRED_KEYS = (*STEP_KEYS, *EPISODE_KEYS, "tasks")
-REQUIRED_METADATA = ("env_id", "generator", "seed", "format_version", "discrete")
+REQUIRED_METADATA = ("env_id", "generator", "seed", "discrete")
 
 
 @dataclass
@@ -110,7 +110,8 @@ class EpisodeDataset:
             if arr.ndim == 0 or arr.shape[0] != n:
                 raise DmhError(f"{source}: '{key}' has {arr.shape[0] if arr.ndim else 0} steps but 'rewards' has {n}")
         if self.observations.ndim != 2:
-            raise DmhError(f"{source}: 'observations' must be 2-d [steps, obs_dim], got shape {self.observations.shape}")
+            shape = self.observations.shape
+            raise DmhError(f"{source}: 'observations' must be 2-d [steps, obs_dim], got shape {shape}")
         for key in ("observations", "actions", "rewards"):
             arr = getattr(self, key)
             if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
