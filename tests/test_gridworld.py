@@ -168,3 +168,16 @@ def test_a_key_on_the_door_cell_is_rejected():
 def test_unknown_split_is_rejected():
     with pytest.raises(DmhError, match="unknown task split"):
         tasks("dmh/Darkroom-v0", "val")
+
+
+def test_resetting_some_rows_leaves_the_other_rows_mid_episode():
+    family = grid_family("dmh/DarkKeyToDoor-v0")
+    core = GridWorldCore(family, 3)
+    rng = np.random.default_rng(0)
+    core.reset(rng, tasks("dmh/DarkKeyToDoor-v0", "test")[:3])
+    for _ in range(4):
+        core.step(np.array([RIGHT, RIGHT, RIGHT]))
+    before_pos, before_t = core.pos.copy(), core.t.copy()
+    core.reset(rng, rows=np.array([False, True, False]))
+    assert core.t.tolist() == [before_t[0], 0, before_t[2]]
+    assert core.pos[[0, 2]].tolist() == before_pos[[0, 2]].tolist()

@@ -21,10 +21,12 @@ class BatchCore(ABC):
     observation_space: gym.spaces.Box
 
     @abstractmethod
-    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None) -> np.ndarray:
-        """Start a new episode in every copy and return observations [B, obs_dim].
+    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None,
+              rows: np.ndarray | None = None) -> np.ndarray:
+        """Start a new episode in every copy (or only where ``rows`` [B] is true) and return observations [B, obs_dim].
 
         ``tasks`` [B, task_dim] fixes each copy's task; None draws them (or keeps the current ones) from ``rng``.
+        Copies outside ``rows`` keep their state, task and episode (online evaluation restarts each copy on its own).
         """
 
     @abstractmethod

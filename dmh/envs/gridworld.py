@@ -140,16 +140,20 @@ class GridWorldCore(BatchCore):
     def tasks(self) -> np.ndarray:
         return self._tasks
 
-    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None) -> np.ndarray:
+    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None,
+              rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.ones(self.batch_size, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
         if tasks is not None:
-            self._tasks = check_task(self.family, np.broadcast_to(tasks, self._tasks.shape))
+            new_tasks = check_task(self.family, np.broadcast_to(tasks, self._tasks.shape))
+            self._tasks = np.where(rows[:, None], new_tasks, self._tasks)
         if self.family.random_start:
-            self.pos = rng.integers(0, self.family.size, size=(self.batch_size, 2))
+            start = rng.integers(0, self.family.size, size=(self.batch_size, 2))
         else:
-            self.pos = np.full((self.batch_size, 2), self.family.size // 2, dtype=np.int64)
-        self.t[:] = 0
-        self.has_key[:] = False
-        self.ended[:] = False
+            start = np.full((self.batch_size, 2), self.family.size // 2, dtype=np.int64)
+        self.pos = np.where(rows[:, None], start, self.pos)
+        self.t[rows] = 0
+        self.has_key[rows] = False
+        self.ended[rows] = False
         return self.pos.copy()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

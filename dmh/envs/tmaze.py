@@ -64,19 +64,21 @@ class TMazeCore(BatchCore):
         obs[:, 1] = np.where(at_clue, self.goal, np.where(at_end, self.y, 0))
         return obs
 
-    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None) -> np.ndarray:
+    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None,
+              rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.ones(self.batch_size, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
         if tasks is None:
-            self.goal = rng.choice(np.array([-1, 1]), size=self.batch_size)
+            goal = rng.choice(np.array([-1, 1]), size=self.batch_size)
         else:
             goal = np.broadcast_to(np.asarray(tasks, dtype=np.float64).reshape(-1), (self.batch_size,))
             if not np.isin(goal, (-1.0, 1.0)).all():
                 raise DmhError(f"a T-maze task is the goal side, -1 or +1; got {goal.tolist()}")
-            self.goal = goal.astype(np.int64)
-        self.x[:] = self.oracle_length
-        self.y[:] = 0
-        self.t[:] = 0
-        self.clue_seen[:] = False
-        self.ended[:] = False
+        self.goal = np.where(rows, goal.astype(np.int64), self.goal)
+        self.x[rows] = self.oracle_length
+        self.y[rows] = 0
+        self.t[rows] = 0
+        self.clue_seen[rows] = False
+        self.ended[rows] = False
         return self._observe()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
