@@ -1,0 +1,131 @@
+"""DM-H specifics: the block layout, the valuable sub-goal rule, one Mamba advance per block online, a local context of
+at most 4c tokens, and the valuable-sub-goal branch switch."""
+
+from __future__ import annotations
+
+import torch
+from models_testkit import make_batch, policy_outputs, tiny_config
+
+from dmh.models import block_layout, build_model, valuable_subgoal_index
+from dmh.models.blocks import last_episode_mask
+
+
+def _flags(length: int, steps: list[int]) -> torch.Tensor:
+    x = torch.zeros(1, length, dtype=torch.bool)
+    x[0, steps] = True
+    return x
+
+
+def test_blocks_start_at_every_episode_start_and_the_last_block_of_an_episode_may_be_partial() -> None:
+    episode_start, mask = _flags(14, [0, 5]), _flags(14, list(range(12)))  # episodes of 5 and 7 steps, 2 padding
+    layout = block_layout(episode_start, mask, c=3)
+    assert layout.start[0].tolist() == [0, 3, 5, 8, 11]
+    assert layout.valid[0].sum(-1).tolist() == [3, 2, 3, 3, 1]
+    assert layout.index[0, 1, :2].tolist() == [3, 4]
+    assert layout.step_block[0].tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, -1, -1]
+    assert layout.step_pos[0, :12].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 0, 1, 2, 0]
+
+
+def test_a_context_that_begins_mid_episode_starts_a_block_at_its_first_step() -> None:
+    layout = block_layout(_flags(7, [4]), _flags(7, list(range(7))), c=2)
+    assert layout.start[0].tolist() == [0, 2, 4, 6]
+
+
+def test_valuable_subgoal_is_the_state_with_the_best_mean_reward_on_the_way() -> None:
+    # one episode of 6 steps; rewards[u] is earned on the transition u -> u+1
+    rewards = torch.tensor([[0.0, 0.0, 3.0, 0.0, 0.0, 1.0]])
+    episode_start, mask = _flags(6, [0]), _flags(6, list(range(6)))
+    goals = valuable_subgoal_index(rewards, episode_start, mask, torch.tensor([[0, 3, 5]]))
+    # from 0: V(j) = sum r[0..j-1] / j -> j=3 gives 3/3 = 1, the best; from 3: j=6 gives 1/3 (clipped to s_5);
+    # from the last step only the exit transition remains (clipped to s_5)
+    assert goals.tolist() == [[3, 5, 5]]
+
+
+def test_valuable_subgoal_never_crosses_into_the_next_episode_and_ties_go_to_the_nearest_state() -> None:
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 5.0, 5.0, 5.0]])
+    episode_start, mask = _flags(6, [0, 3]), _flags(6, list(range(6)))
+    goals = valuable_subgoal_index(rewards, episode_start, mask, torch.tensor([[0, 1, 3]]))
+    assert goals.tolist() == [[1, 2, 4]]
+
+
+def test_mamba_advances_only_at_block_boundaries_once_per_block_per_row() -> None:
+    cfg = tiny_config("dmh", block_size=3)
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[5, 7], [8, 4]], cfg.obs_dim, cfg.act_dim)  # row blocks: 2+3 = 5 and 3+2 = 5
+    calls = []
+    original = model.mamba.step_token
+
+    def counting_step(x, state, advance=None):
+        calls.append(advance.clone())
+        return original(x, state, advance)
+
+    model.mamba.step_token = counting_step
+    policy_outputs(model, batch)
+    advanced = torch.stack(calls).long()  # [calls, B]
+    tokens_per_block = 4  # RTG, s, r_hat, d
+    assert advanced.sum(0).tolist() == [5 * tokens_per_block, 5 * tokens_per_block]
+    assert len(calls) <= 2 * 2 * 10  # rows in step: at most 2 stepping calls on each side of 10 blocks in all
+
+
+def test_local_transformer_context_never_exceeds_4c_tokens_and_restarts_every_block() -> None:
+    c = 3
+    cfg = tiny_config("dmh", block_size=c)
+    model = build_model("dmh", cfg).eval()
+    assert model.gpt.max_tokens == 4 * c
+    batch = make_batch([[5, 7]], cfg.obs_dim, cfg.act_dim)
+    policy = model.policy(1, target_return=5.0)
+    lengths = []
+    for t in range(12):
+        policy.act(batch["obs"][:, t], batch["timesteps"][:, t])
+        lengths.append(int(policy.cache.length[0]))
+        policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
+    # (z, s) at step k of a block sits at tokens 4k, 4k+1: 2, 6, 10 within each block
+    assert lengths == [2, 6, 10, 2, 6, 2, 6, 10, 2, 6, 10, 2]
+
+
+def test_sampled_z_is_drawn_once_per_block_and_held_for_its_c_steps() -> None:
+    cfg = tiny_config("dmh", block_size=3, z_eval="sample")
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[9]], cfg.obs_dim, cfg.act_dim)
+    policy = model.policy(1, target_return=5.0, generator=torch.Generator().manual_seed(0))
+    zs = []
+    for t in range(9):
+        policy.act(batch["obs"][:, t], batch["timesteps"][:, t])
+        zs.append(policy.z.clone())
+        policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
+    for block in range(3):
+        assert all(torch.equal(zs[3 * block], zs[3 * block + k]) for k in (1, 2))
+    assert not torch.equal(zs[0], zs[3]) and not torch.equal(zs[3], zs[6])
+
+
+def test_valuable_subgoals_off_removes_the_second_branch_and_its_loss() -> None:
+    batch = make_batch([[5, 7]], 3, 4)
+    for flag, branches in [(True, 2), (False, 1)]:
+        model = build_model("dmh", tiny_config("dmh", valuable_subgoals=flag))
+        calls: list[int] = []
+        model.head.register_forward_hook(lambda *_, calls=calls: calls.append(1))  # once per local-sequence branch
+        _, logs = model.loss(batch)
+        assert hasattr(model, "subgoal_proj") is flag
+        assert ("loss_goal" in logs) is flag
+        assert len(calls) == branches
+        if flag:
+            assert abs(logs["loss"] - (logs["loss_z"] + 0.5 * logs["loss_goal"])) < 1e-5
+        else:
+            assert logs["loss"] == logs["loss_z"]
+
+
+def test_subgoal_projection_is_frozen_but_saved() -> None:
+    model = build_model("dmh", tiny_config("dmh"))
+    before = model.subgoal_proj.weight.clone()
+    model.loss(make_batch([[5, 7]], 3, 4))[0].backward()
+    assert model.subgoal_proj.weight.grad is None and not model.subgoal_proj.weight.requires_grad
+    assert "subgoal_proj.weight" in model.state_dict()
+    assert torch.equal(model.subgoal_proj.weight, before)
+
+
+def test_last_episode_loss_mask_selects_the_final_episode_of_each_context() -> None:
+    batch = make_batch([[3, 2], [2, 1]], length=6)
+    assert last_episode_mask(batch["episode_start"], batch["mask"]).long().tolist() == [
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 1, 0, 0, 0],
+    ]
