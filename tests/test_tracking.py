@@ -1,0 +1,333 @@
+"""MLflow tracking layer: what a run records, how it ends (FINISHED / FAILED / KILLED), and resume.
+
+Each test has its own SQLite store. Creating MLflow's schema takes seconds, so one empty store is made per session and
+copied into each test's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from dmh.errors import DmhError
+from dmh.tracking import (
+    MAX_PARAM_VALUE_LENGTH,
+    TRUNCATION_MARKER,
+    TrackedRun,
+    default_tracking_uri,
+    flatten_params,
+    run_tags,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with the schema created and nothing in it."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def uri(tmp_path: Path, empty_store: Path) -> str:
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    n_layer: int = 2
+    backend: str = "torch"
+
+
+@dataclasses.dataclass
+class Config:
+    algo: str = "dmh"
+    env: str = "darkroom"
+    c: int = 5
+    n_context: int = 4
+    valuable_subgoals: bool = True
+    seed: int = 0
+    preset: str = "smoke"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+
+def test_default_tracking_uri_is_a_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_mlflow_tracking_uri_environment_variable_overrides_the_default(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert default_tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_telemetry_is_switched_off_unless_the_user_set_it(monkeypatch):
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    default_tracking_uri()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    default_tracking_uri()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
+def test_a_run_with_default_settings_keeps_database_and_artifacts_in_the_working_directory(
+    tmp_path, monkeypatch, empty_store
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    with TrackedRun("default-store") as run:
+        run.log_text("hello", "note.txt")
+    artifact_uri = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(run.run_id).info.artifact_uri
+    assert artifact_uri.startswith((tmp_path / "mlruns").resolve().as_uri())
+    assert list((tmp_path / "mlruns").rglob("note.txt"))
+
+
+def test_new_experiment_artifacts_go_beside_the_database_whatever_the_working_directory(uri, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with TrackedRun("sweep/darkroom", tracking_uri=uri) as run:
+        run.log_text("x", "x.txt")
+    assert list((tmp_path / "mlruns").rglob("x.txt"))
+    assert not (elsewhere / "mlruns").exists()
+
+
+def test_flatten_params_turns_nested_configs_into_dotted_string_keys():
+    flat = flatten_params({"cfg": Config(), "lr": 1e-4, "tags": ["a", "b"], "empty": {}, "none": None})
+    assert flat == {
+        "cfg.algo": "dmh",
+        "cfg.env": "darkroom",
+        "cfg.c": "5",
+        "cfg.n_context": "4",
+        "cfg.valuable_subgoals": "True",
+        "cfg.seed": "0",
+        "cfg.preset": "smoke",
+        "cfg.model.n_layer": "2",
+        "cfg.model.backend": "torch",
+        "lr": "0.0001",
+        "tags": "['a', 'b']",
+        "empty": "{}",
+        "none": "None",
+    }
+    assert flatten_params(ModelConfig(), prefix="model") == {"model.n_layer": "2", "model.backend": "torch"}
+
+
+def test_flatten_params_cuts_values_over_mlflows_limit_and_marks_the_cut(uri):
+    flat = flatten_params({"long": "x" * 10_000, "exact": "y" * MAX_PARAM_VALUE_LENGTH})
+    assert len(flat["long"]) == MAX_PARAM_VALUE_LENGTH and flat["long"].endswith(TRUNCATION_MARKER)
+    assert flat["exact"] == "y" * MAX_PARAM_VALUE_LENGTH
+    with TrackedRun("limits", params={"long": "x" * 10_000}, tracking_uri=uri) as run:
+        pass
+    assert MlflowClient(uri).get_run(run.run_id).data.params["long"] == flat["long"]
+
+
+def test_flatten_params_rejects_a_config_that_is_not_a_mapping():
+    with pytest.raises(DmhError, match="mapping or a dataclass"):
+        flatten_params(["algo", "dmh"])
+
+
+def test_run_tags_name_the_commit_host_device_and_versions():
+    import socket
+
+    import torch
+
+    import dmh
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    is_checkout = head.returncode == 0 and (REPO_ROOT / ".git").exists()
+    tags = run_tags()
+    assert tags["git_commit"] == (head.stdout.strip() if is_checkout else "unknown")
+    assert tags["host"] == socket.gethostname()
+    assert tags["device"] == ("cpu" if not torch.cuda.is_available() else tags["device"])
+    assert tags["dmh_version"] == dmh.__version__
+    assert tags["torch_version"] == torch.__version__
+    assert run_tags(device="cpu")["device"] == "cpu"
+
+
+def test_run_tags_report_an_unknown_commit_when_git_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git executable anywhere
+    assert run_tags()["git_commit"] == "unknown"
+
+
+def test_a_run_records_params_tags_metrics_and_artifacts_and_ends_finished(uri, tmp_path):
+    checkpoint = tmp_path / "final.pt"
+    checkpoint.write_bytes(b"weights")
+    with TrackedRun("darkroom", run_name="dmh-c5", params=Config(), tags={"sweep": "c"}, tracking_uri=uri) as run:
+        for step, loss in enumerate([1.0, 0.5, 0.25]):
+            run.log_metrics({"train/loss": loss}, step=step * 100)
+        run.log_metrics({"time/offline_h_per_10k_updates": 0.1, "time/online_min": 2.5}, step=300)
+        run.log_artifact(checkpoint, artifact_path="checkpoints")
+        run.log_text("algo: dmh\n", "config.yaml")
+
+    client = MlflowClient(uri)
+    recorded = client.get_run(run.run_id)
+    assert recorded.info.status == "FINISHED"
+    assert recorded.info.run_name == "dmh-c5"
+    assert recorded.data.params == flatten_params(Config())
+    assert recorded.data.tags["sweep"] == "c"
+    assert {"git_commit", "host", "device", "dmh_version", "torch_version"} <= recorded.data.tags.keys()
+    history = client.get_metric_history(run.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (100, 0.5), (200, 0.25)]
+    assert recorded.data.metrics["time/online_min"] == 2.5
+    artifacts = {a.path for a in client.list_artifacts(run.run_id)}
+    assert artifacts == {"checkpoints", "config.yaml"}
+    assert [a.path for a in client.list_artifacts(run.run_id, "checkpoints")] == ["checkpoints/final.pt"]
+
+
+def test_log_curve_logs_the_mean_over_tasks_per_episode_in_one_call_and_writes_csv_and_png(uri, tmp_path):
+    returns = np.arange(60, dtype=float).reshape(3, 20)  # [tasks, episodes]: task t, episode e -> 20 t + e
+    with TrackedRun("curves", tracking_uri=uri) as run:
+        calls = []
+        original = run._client.log_batch
+
+        def counting_log_batch(*args, **kwargs):
+            calls.append(kwargs)
+            return original(*args, **kwargs)
+
+        run._client.log_batch = counting_log_batch
+        run.log_curve(returns)
+
+    client = MlflowClient(uri)
+    assert len(calls) == 1  # 20 episodes and eval/last_return in one batch
+    history = client.get_metric_history(run.run_id, "eval/return")
+    assert [(m.step, m.value) for m in history] == [(e, 20.0 + e) for e in range(20)]
+    assert client.get_run(run.run_id).data.metrics["eval/last_return"] == 39.0
+    local = Path(client.download_artifacts(run.run_id, "", str(tmp_path / "dl")))
+    with (local / "in_context_curve.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 20
+    assert rows[19]["episode"] == "19" and float(rows[19]["mean_return"]) == 39.0
+    assert float(rows[19]["task_2"]) == 59.0 and float(rows[0]["std_return"]) == pytest.approx(np.std([0, 20, 40]))
+    assert (local / "in_context_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_log_curve_accepts_one_task_and_rejects_an_empty_curve(uri):
+    with TrackedRun("curves", tracking_uri=uri) as run:
+        run.log_curve([1.0, 3.0], name="single")
+        with pytest.raises(DmhError, match="at least one episode"):
+            run.log_curve([])
+    client = MlflowClient(uri)
+    assert [m.value for m in client.get_metric_history(run.run_id, "eval/return")] == [1.0, 3.0]
+    assert {a.path for a in client.list_artifacts(run.run_id)} == {"single.csv", "single.png"}
+
+
+def test_an_exception_inside_the_run_marks_it_failed_and_propagates(uri):
+    with pytest.raises(RuntimeError, match="diverged"), TrackedRun("fails", tracking_uri=uri) as run:
+        raise RuntimeError("loss diverged")
+    assert MlflowClient(uri).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_signal_handlers_are_restored_when_the_run_ends(uri):
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with TrackedRun("handlers", tracking_uri=uri):
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+_SLEEPING_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from dmh.tracking import TrackedRun
+
+    with TrackedRun("signals", params={"c": 5}, tracking_uri=sys.argv[1]) as run:
+        print(run.run_id, flush=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except Exception:  # a training loop that swallows errors must not swallow the signal
+                pass
+    """
+)
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_sent_by_pid_ends_the_run_killed_and_exits_with_128_plus_signum(uri, signum, exit_code):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLEEPING_RUN, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        run_id = proc.stdout.readline().strip() if ready else ""
+        assert run_id, f"the child never reported its run: {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert MlflowClient(uri).get_run(run_id).info.status == "RUNNING"
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=30) == exit_code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_resume_continues_the_same_run_and_appends_metrics(uri):
+    with TrackedRun("resume", run_name="dmh-c5", params=Config(), tracking_uri=uri) as first:
+        first.log_metrics({"train/loss": 1.0}, step=0)
+    with TrackedRun("resume", params=Config(), run_id=first.run_id, tracking_uri=uri) as resumed:
+        assert MlflowClient(uri).get_run(first.run_id).info.status == "RUNNING"
+        resumed.log_metrics({"train/loss": 0.5}, step=1)
+        resumed.log_params({"extra_field": 3})
+
+    client = MlflowClient(uri)
+    assert resumed.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["extra_field"] == "3" and run.data.params["c"] == "5"
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "train/loss")] == [(0, 1.0), (1, 0.5)]
+    experiment = client.get_experiment_by_name("resume")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_resume_with_a_changed_param_value_is_a_clear_error_and_leaves_the_run_untouched(uri):
+    with TrackedRun("resume", params=Config(c=5), tracking_uri=uri) as first:
+        pass
+    with (
+        pytest.raises(DmhError, match=r"c: '5' -> '20'"),
+        TrackedRun("resume", params=Config(c=20), run_id=first.run_id, tracking_uri=uri),
+    ):
+        pass
+    run = MlflowClient(uri).get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["c"] == "5"
+
+
+def test_logging_a_param_with_a_new_value_during_the_run_is_a_clear_error(uri):
+    with TrackedRun("params", params={"c": 5}, tracking_uri=uri) as run, pytest.raises(DmhError, match="c: '5'"):
+        run.log_params({"c": 20})
+
+
+def test_resume_of_a_run_id_that_does_not_exist_is_a_clear_error(uri):
+    with pytest.raises(DmhError, match="no such run"), TrackedRun("resume", run_id="0" * 32, tracking_uri=uri):
+        pass
+
+
+def test_resume_under_another_experiment_is_a_clear_error(uri):
+    with TrackedRun("first", tracking_uri=uri) as run:
+        pass
+    with (
+        pytest.raises(DmhError, match="belongs to experiment"),
+        TrackedRun("second", run_id=run.run_id, tracking_uri=uri),
+    ):
+        pass
+
+
+def test_run_id_before_the_run_starts_is_a_clear_error(uri):
+    with pytest.raises(DmhError, match="has not started"):
+        _ = TrackedRun("x", tracking_uri=uri).run_id
