@@ -4,7 +4,7 @@ D4RL's v2 data were collected in gym's mujoco-py ``HalfCheetah-v3`` / ``Hopper-v
 run. Online evaluation uses gymnasium's maintained **v5** environments: same observations, actions, reward terms and
 1000-step limit. One exception keeps the data's dynamics: v5's Walker2d model gives the right foot friction 1.9 where
 v2-v4 (and so the D4RL data) had 0.9, so Walker2d-v5 is built from the v2-v4 model file ``walker2d.xml``, which
-gymnasium still ships. The reasons and the remaining differences are in docs/reproduction_d4rl.md.
+gymnasium still ships. The reasons and the remaining differences are in docs/d4rl.md.
 
 MuJoCo itself is the optional extra ``dmh[mujoco]``: it is imported only when an environment is built.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from dmh.errors import DmhError
 
@@ -98,3 +99,41 @@ def make_mujoco_env(name: str, **kwargs: Any) -> gym.Env:
         return gym.make(spec.gym_id, **{**spec.make_kwargs, **kwargs})
     finally:
         mujoco.set_mju_user_warning(previous)
+
+
+class MujocoBatch:
+    """The ``BatchCore`` protocol over a list of gymnasium MuJoCo environments, one per row (online D4RL evaluation).
+
+    MuJoCo steps one environment at a time anyway; this only gives evaluation the same per-row interface as the
+    numpy cores: reset chosen rows, step all, and freeze a row whose episode ended until it is reset.
+    """
+
+    def __init__(self, name: str, batch_size: int) -> None:
+        self.envs = [make_mujoco_env(name) for _ in range(batch_size)]
+        self.batch_size = batch_size
+        self.num_actions = mujoco_spec(name).act_dim
+        self.observation_space = self.envs[0].observation_space
+        self.ended = np.ones(batch_size, dtype=bool)
+        self._obs = np.zeros((batch_size, self.observation_space.shape[0]), dtype=np.float32)
+
+    @property
+    def tasks(self) -> np.ndarray:
+        return np.zeros((self.batch_size, 1))
+
+    def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None,
+              rows: np.ndarray | None = None) -> np.ndarray:
+        rows = np.ones(self.batch_size, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+        for b in np.flatnonzero(rows):
+            self._obs[b] = self.envs[b].reset(seed=int(rng.integers(2**31)))[0]
+            self.ended[b] = False
+        return self._obs.copy()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        reward = np.zeros(self.batch_size, dtype=np.float32)
+        terminated = np.zeros(self.batch_size, dtype=bool)
+        truncated = np.zeros(self.batch_size, dtype=bool)
+        for b in np.flatnonzero(~self.ended):
+            obs, r, terminated[b], truncated[b], _ = self.envs[b].step(np.asarray(actions[b], dtype=np.float32))
+            self._obs[b], reward[b] = obs, r
+        self.ended |= terminated | truncated
+        return self._obs.copy(), reward, terminated, truncated

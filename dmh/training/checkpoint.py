@@ -1,0 +1,81 @@
+"""Checkpoints: everything needed to resume exactly (model, optimizer, scheduler, RNG states, step, MLflow run id,
+resolved config, observation normaliser), written atomically and loaded with ``torch.load(weights_only=True)`` so a
+checkpoint file can never execute code."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dmh.errors import DmhError
+from dmh.io import atomic_path
+from dmh.models import build_model, config_class
+
+CHECKPOINT_FORMAT = 1
+
+
+def rng_state(sampler_rng: np.random.Generator) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "sampler": sampler_rng.bit_generator.state,
+            "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict[str, Any], sampler_rng: np.random.Generator) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(_as_tuple(state["numpy"]))
+    sampler_rng.bit_generator.state = state["sampler"]
+    torch.set_rng_state(state["torch"])
+
+
+def _as_tuple(x: Any) -> Any:
+    """Lists back to tuples (what random/numpy expect) after a round trip."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: a crash mid-write leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load safely (no code execution); a missing, truncated or foreign file is a ``DmhError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DmhError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        raise DmhError(f"{path} is not a readable dmh checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise DmhError(f"{path} is not a dmh checkpoint of format {CHECKPOINT_FORMAT}")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights strictly."""
+    algo = payload["algo"]
+    model = build_model(algo, config_class(algo)(**payload["model_config"]))
+    load_weights(model, payload["model"], "checkpoint")
+    return model
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load; a different architecture is a ``DmhError`` naming the first mismatching parameters."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:3]
+        raise DmhError(f"{source} is from a different architecture: {' '.join(s.strip() for s in first)}") from None
+
+
+def config_differences(saved: dict[str, Any], current: Any) -> list[str]:
+    """Fields whose values differ between a saved config dict and the current config dataclass."""
+    now = dataclasses.asdict(current)
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

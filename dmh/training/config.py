@@ -1,0 +1,175 @@
+"""One training configuration: a dataclass with a comment per field, presets as data, a YAML file and ``key=value``
+overrides on top, validated as a whole before any work starts. The resolved configuration is saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dmh.errors import DmhError
+from dmh.models import MODELS, config_class
+from dmh.tasks import TaskSpec, resolve_task
+
+ALGOS = tuple(MODELS)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``dmh train`` needs; 0 in n_context / c / history_stride / dt_context_len means "the task default"."""
+
+    algo: str = "dmh"  # dmh | dm | dt | ad-transformer | ad-mamba
+    task: str = "darkroom"  # Grid World family, tmaze-<L>, or a D4RL dataset name
+    preset: str = "cpu"  # smoke | cpu | paper: the preset these values started from (recorded, not re-applied)
+    seed: int = 0  # seeds python, numpy, torch and the evaluation environments
+    # --- optimisation (paper Table 3: AdamW lr 1e-4, wd 1e-4, clip 0.25, batch 128) ---
+    steps: int = 2000  # gradient updates
+    batch_size: int = 32  # contexts per gradient update
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_steps: int = 100  # linear learning-rate warm-up, then constant (the authors' code has no decay)
+    grad_clip: float = 0.25  # gradient-norm clip
+    # --- across-episodic context ---
+    n_context: int = 0  # episodes per context (AD, DM-H); 0 = the paper's n for the task
+    c: int = 0  # DM-H steps per sub-goal (block size); 0 = the paper's c for the task
+    valuable_subgoals: bool = True  # DM-H's valuable-sub-goal branch and its loss (off = the paper's ablation)
+    history_stride: int = 0  # learning-history episodes between consecutive context episodes; 0 = auto (a context
+    # spans half a history)
+    context_sampling: str = "auto"  # DM-H: "window" (strided history window, sorted by return), "random" (n random
+    # episodes of one history, sorted); auto = window for Grid World, random elsewhere
+    dt_context_len: int = 0  # DT/DM window in steps; 0 = the whole episode (the paper's Tmaze setting) or 20 (D4RL)
+    # --- data ---
+    data_steps: int = 1_000_000  # Grid World learning-history budget per family (the paper: 1M)
+    data_seed: int = 0  # seed of the data generator (fixed across training seeds so seeds share one dataset)
+    dataset_path: str | None = None  # an explicit dataset file (dmh HDF5, or a D4RL HDF5 file for D4RL tasks)
+    data_dir: str | None = None  # dataset cache folder (default $DMH_DATA_DIR or ./data)
+    # --- online evaluation ---
+    eval_every: int = 0  # gradient updates between evaluations during training; 0 = only at the end
+    eval_tasks: int = 0  # held-out test tasks evaluated; 0 = all of them
+    eval_episodes: int = 0  # online episodes per test task; 0 = the paper's m (Grid World 20, Tmaze 20, D4RL 10)
+    eval_sample: bool = True  # sample discrete actions from the policy (greedy evaluation collapses for AD)
+    # --- bookkeeping ---
+    checkpoint_every: int = 500  # gradient updates between checkpoints (atomic, for exact resume)
+    log_every: int = 50  # gradient updates between train/loss records
+    run_dir: str = "runs"  # checkpoints go to <run_dir>/<run name>/
+    experiment: str = "dmh"  # MLflow experiment
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the model config (d_model, n_layer, …)
+
+
+# Presets are data: field values applied over the dataclass defaults. ``model`` entries override the model config.
+PRESETS: dict[str, dict[str, Any]] = {
+    # seconds, for tests: tiny models, tiny data, two short test tasks
+    "smoke": dict(steps=6, batch_size=2, lr=1e-3, warmup_steps=1, data_steps=30_000, eval_tasks=2, eval_episodes=2,
+                  checkpoint_every=3, log_every=1, n_context=2, dt_context_len=0,
+                  model=dict(d_model=16, n_layer=1, n_mamba_layer=1, dropout=0.0, d_state=4)),
+    # minutes on 2 CPU cores (calibrated in ../shared/reference/feasibility.md)
+    "cpu": dict(steps=2000, batch_size=16, lr=2e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0,
+                checkpoint_every=250, log_every=25,
+                model=dict(d_model=64, n_layer=2, n_mamba_layer=2, dropout=0.0, d_state=16)),
+    # the paper's hyper-parameters (Table 3) and the authors' code's training length (100k updates), for GPU clusters
+    "paper": dict(steps=100_000, batch_size=128, lr=1e-4, weight_decay=1e-4, warmup_steps=10_000, grad_clip=0.25,
+                  checkpoint_every=2000, log_every=100, eval_every=10_000,
+                  model=dict(d_model=128, n_layer=3, n_head=1, n_mamba_layer=2, dropout=0.1, d_state=16, expand=2,
+                             d_conv=4)),
+}
+FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars (``5``, ``1e-4``, ``true``, ``null``) become typed, anything else a string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
+    """Merge ``overrides`` into ``values``; ``model.x`` or a ``model`` mapping update the model overrides."""
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            values["model"] = {**values["model"], key.removeprefix("model."): value}
+        elif key == "model":
+            if not isinstance(value, dict):
+                raise DmhError(f"{source}: 'model' must be a mapping of model-config fields")
+            values["model"] = {**values["model"], **value}
+        elif key not in FIELD_NAMES:
+            raise DmhError(f"{source}: unknown setting {key!r}")
+        else:
+            values[key] = value
+
+
+def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = None, config_file: str | None = None,
+                sets: list[str] | None = None) -> TrainConfig:
+    """Defaults → preset → YAML file → ``key=value`` overrides → validation. Returns the resolved config."""
+    if preset not in PRESETS:
+        raise DmhError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    values = dataclasses.asdict(TrainConfig())
+    apply_overrides(values, {k: v for k, v in PRESETS[preset].items()}, f"preset {preset}")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise DmhError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise DmhError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise DmhError(f"config file {path} must hold a mapping of settings")
+        apply_overrides(values, loaded, str(path))
+    for item in sets or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise DmhError(f"--set expects key=value, got {item!r}")
+        apply_overrides(values, {key.strip(): parse_value(text.strip())}, "--set")
+    values.update(algo=algo, task=task, preset=preset)
+    if seed is not None:
+        values["seed"] = seed
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def resolved(cfg: TrainConfig) -> tuple[TaskSpec, int, int]:
+    """The task spec and the effective (n_context, c)."""
+    spec = resolve_task(cfg.task)
+    return spec, cfg.n_context or spec.n_context, cfg.c or spec.c
+
+
+def validate(cfg: TrainConfig) -> TaskSpec:
+    """Reject a bad configuration with a message naming the field, before any work starts."""
+    if cfg.algo not in ALGOS:
+        raise DmhError(f"algo: unknown algo {cfg.algo!r}; valid: {', '.join(ALGOS)}")
+    spec, n, c = resolved(cfg)
+    for name in ("steps", "batch_size"):
+        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
+            raise DmhError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.c, int) or cfg.c < 0 or c <= 0:
+        raise DmhError(f"c must be a positive integer (steps per sub-goal), got {cfg.c!r}")
+    if c > spec.horizon:
+        raise DmhError(f"c={c} is longer than an episode of {spec.name} ({spec.horizon} steps)")
+    if not isinstance(cfg.n_context, int) or cfg.n_context < 0 or n <= 0:
+        raise DmhError(f"n_context must be a positive integer (episodes per context), got {cfg.n_context!r}")
+    for name in ("lr", "grad_clip"):
+        if not isinstance(getattr(cfg, name), int | float) or getattr(cfg, name) <= 0:
+            raise DmhError(f"{name} must be positive, got {getattr(cfg, name)!r}")
+    for name in ("weight_decay", "warmup_steps", "eval_every", "eval_tasks", "eval_episodes", "history_stride",
+                 "dt_context_len", "threads", "data_steps"):
+        if not isinstance(getattr(cfg, name), int | float) or getattr(cfg, name) < 0:
+            raise DmhError(f"{name} must be non-negative, got {getattr(cfg, name)!r}")
+    if cfg.checkpoint_every <= 0 or cfg.log_every <= 0:
+        raise DmhError("checkpoint_every and log_every must be positive")
+    if cfg.context_sampling not in ("auto", "window", "random"):
+        raise DmhError(f"context_sampling must be auto, window or random, got {cfg.context_sampling!r}")
+    allowed = {f.name for f in dataclasses.fields(config_class(cfg.algo))} - {"obs_dim", "act_dim", "discrete"}
+    unknown = sorted(set(cfg.model) - allowed)
+    if unknown:
+        raise DmhError(f"model: unknown field(s) {', '.join(unknown)} for algo {cfg.algo}")
+    return spec
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

@@ -1,0 +1,234 @@
+"""``dmh train``: one configuration → data → model → gradient updates with periodic evaluation and checkpoints →
+final online evaluation, all recorded in one MLflow run. Read top to bottom: setup, model config, the loop, evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmh.data.format import EpisodeDataset
+from dmh.errors import DmhError
+from dmh.evaluation.online import EvalResult, evaluate_online
+from dmh.models import build_model, config_class
+from dmh.progress import progress
+from dmh.tasks import TaskSpec, task_dataset
+from dmh.training.checkpoint import (
+    config_differences,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from dmh.training.config import TrainConfig, resolved, to_yaml, validate
+from dmh.training.contexts import ContextSampler, ContextSpec
+
+log = logging.getLogger("dmh")
+CONTEXT_KIND = {"dmh": "sorted", "ad-transformer": "history", "ad-mamba": "history", "dt": "episode", "dm": "episode"}
+D4RL_RTG_SCALE = 1000.0  # the authors' code divides D4RL returns-to-go by 1000
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for python, numpy and torch (environments are seeded from it where they are made)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    _, n, c = resolved(cfg)
+    return f"{cfg.algo}_{cfg.task}_n{n}_c{c}_s{cfg.seed}_{digest}"
+
+
+def model_config(cfg: TrainConfig, spec: TaskSpec) -> Any:
+    """The model's config dataclass for this task: sizes from the task, the paper's n and c, preset overrides."""
+    _, n, c = resolved(cfg)
+    rtg_scale = D4RL_RTG_SCALE if spec.kind == "d4rl" else 1.0
+    values: dict[str, Any] = dict(obs_dim=spec.obs_dim, act_dim=spec.act_dim, discrete=spec.discrete,
+                                  max_timestep=spec.horizon)
+    if cfg.algo == "dmh":
+        values.update(block_size=c, valuable_subgoals=cfg.valuable_subgoals, rtg_scale=rtg_scale,
+                      rtg_token=spec.kind == "d4rl")
+    elif cfg.algo in ("dt", "dm"):
+        values.update(context_len=context_len(cfg, spec), rtg_scale=rtg_scale)
+    else:
+        values.update(context_len=n * spec.horizon)
+    values.update(cfg.model)
+    return config_class(cfg.algo)(**values)
+
+
+def context_len(cfg: TrainConfig, spec: TaskSpec) -> int:
+    """DT/DM window: the whole episode (the paper's Tmaze setting; Grid World episodes are short) or 20 for D4RL."""
+    return cfg.dt_context_len or (20 if spec.kind == "d4rl" else spec.horizon)
+
+
+def context_spec(cfg: TrainConfig, spec: TaskSpec, data: EpisodeDataset) -> ContextSpec:
+    _, n, _ = resolved(cfg)
+    per_history = max(1, data.num_episodes // max(1, len(np.unique(data.episode_history))))
+    stride = cfg.history_stride or max(1, per_history // (2 * n))
+    window = cfg.context_sampling == "window" or (cfg.context_sampling == "auto" and spec.kind == "grid")
+    return ContextSpec(kind=CONTEXT_KIND[cfg.algo], n_context=n, stride=stride, window=window,
+                       episode_len=context_len(cfg, spec), rtg_scale=D4RL_RTG_SCALE if spec.kind == "d4rl" else 1.0)
+
+
+def observation_stats(data: EpisodeDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset mean and std per observation dimension (the authors normalise D4RL states the same way)."""
+    mean = data.observations.mean(axis=0).astype(np.float32)
+    std = (data.observations.std(axis=0) + 1e-6).astype(np.float32)
+    return mean, std
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    run_id: str | None
+    checkpoint: Path
+    final_loss: float
+    evaluation: EvalResult
+    train_seconds: float
+    steps: int
+
+
+class Trainer:
+    """Holds a run's state so it can be checkpointed and resumed; ``fit`` runs to ``cfg.steps``."""
+
+    def __init__(self, cfg: TrainConfig, tracker: Any = None) -> None:
+        self.spec = validate(cfg)
+        self.cfg = cfg
+        self.tracker = tracker
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path,
+                                 Path(cfg.data_dir) if cfg.data_dir else None)
+        self.obs_mean, self.obs_std = observation_stats(self.data)
+        self.sampler = ContextSampler(self.data, context_spec(cfg, self.spec, self.data), self.obs_mean, self.obs_std,
+                                      seed=cfg.seed)
+        self.model_cfg = model_config(cfg, self.spec)
+        self.model = build_model(cfg.algo, self.model_cfg)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = max(1, cfg.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
+        self.step = 0
+        self.train_seconds = 0.0
+        self.run_dir = Path(cfg.run_dir) / run_name(cfg)
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.run_id: str | None = None
+        self.last_loss = math.nan
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "algo": self.cfg.algo,
+            "config": dataclasses.asdict(self.cfg),
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(self.sampler.rng),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "run_id": self.run_id,
+            "obs_mean": torch.from_numpy(self.obs_mean),
+            "obs_std": torch.from_numpy(self.obs_std),
+            "last_loss": self.last_loss,
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.state())
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint of the same configuration (anything else is refused, naming the fields)."""
+        differing = config_differences(payload["config"], self.cfg)
+        if differing:
+            raise DmhError(f"checkpoint {self.checkpoint_path} was made with different settings: "
+                           f"{', '.join(differing)}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        restore_rng(payload["rng"], self.sampler.rng)
+        self.step, self.train_seconds = payload["step"], payload["train_seconds"]
+        self.run_id, self.last_loss = payload["run_id"], payload["last_loss"]
+
+    def resume_if_possible(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        self.restore(load_checkpoint(self.checkpoint_path))
+        log.info("resuming %s from step %d", self.run_dir.name, self.step)
+        return True
+
+    # ---------------------------------------------------------------------------------------------------- training
+    def train_step(self) -> float:
+        self.model.train()
+        batch = self.sampler.sample(self.cfg.batch_size)
+        loss, _ = self.model.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def evaluate(self) -> EvalResult:
+        """Online evaluation without touching the training RNG streams (resume stays exact)."""
+        with torch.random.fork_rng():
+            return evaluate_online(self.model, self.spec, self.obs_mean, self.obs_std, n_tasks=self.cfg.eval_tasks,
+                                   episodes=self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
+                                   sample=self.cfg.eval_sample)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step=step)
+
+    def fit(self, stop_after: int | None = None) -> TrainResult | None:
+        """Train to ``cfg.steps``; ``stop_after`` stops early after that many updates (to test resume)."""
+        cfg = self.cfg
+        window: list[float] = []
+        timer = time.perf_counter()
+        steps = range(self.step, cfg.steps)
+        for updates, _ in enumerate(progress(steps, desc=f"train {self.run_dir.name}", total=len(steps)), start=1):
+            loss = self.train_step()
+            self.step += 1
+            window.append(loss)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self.last_loss = float(np.mean(window))
+                window.clear()
+                self.log_metrics({"train/loss": self.last_loss}, self.step)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                self.train_seconds += time.perf_counter() - timer
+                result = self.evaluate()
+                self.log_metrics({"eval/last_return_during_training": result.last_return}, self.step)
+                timer = time.perf_counter()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.train_seconds += time.perf_counter() - timer
+                self.save()
+                timer = time.perf_counter()
+            if stop_after is not None and updates >= stop_after:
+                return None
+        self.train_seconds += time.perf_counter() - timer
+        evaluation = self.evaluate()
+        return TrainResult(self.run_id, self.checkpoint_path, self.last_loss, evaluation, self.train_seconds,
+                           self.step)
+
+
+def offline_hours_per_10k(train_seconds: float, steps: int) -> float:
+    """The paper's Table 4 unit: hours per 10k gradient updates."""
+    return train_seconds / max(steps, 1) * 10_000 / 3600
+
+
+def config_yaml(cfg: TrainConfig) -> str:
+    return to_yaml(cfg)
