@@ -39,8 +39,6 @@ TRUNCATION_MARKER = "...[truncated]"
 # MLflow's limits for one log_batch call: 1000 metrics, 100 params, 100 tags.
 _MAX_BATCH_METRICS = 1000
 _MAX_BATCH_PARAMS = 100
-# Opens the experiment in the UI's "model training" view (runs table) instead of the GenAI overview.
-_EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -324,7 +322,6 @@ class TrackedRun:
                 return self._client.create_experiment(
                     self.experiment,
                     artifact_location=_artifact_location(self.tracking_uri, self.experiment),
-                    tags=dict([_EXPERIMENT_KIND_TAG]),
                 )
             except MlflowException:
                 # Another trial created it between our lookup and our create.
