@@ -89,6 +89,10 @@ class ADPolicy(Policy):
     """Across-episodic context that is never cleared within a task: a sliding window of `context_len` steps (KV cache)
     for the transformer, the recurrent state over every step since `reset()` for Mamba."""
 
+    def __init__(self, model: AlgorithmDistillation, batch_size: int) -> None:
+        super().__init__(model, batch_size)
+        self.reset()
+
     def reset(self) -> None:
         self._prepare()
         cfg, b = self.model.cfg, self.batch_size
@@ -97,10 +101,6 @@ class ADPolicy(Policy):
                             else torch.zeros(b, cfg.act_dim, device=self.device))
         self.prev_reward = torch.zeros(b, device=self.device)
         self.episode_start = torch.ones(b, dtype=torch.bool, device=self.device)
-
-    def __init__(self, model: AlgorithmDistillation, batch_size: int) -> None:
-        super().__init__(model, batch_size)
-        self.reset()
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:

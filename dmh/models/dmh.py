@@ -36,7 +36,9 @@ class DMHConfig(ModelConfig):
     freeze_subgoal_proj: bool = True  # item 9: f stays at its random init (paper: frozen; code: detached)
     z_train: Literal["sample", "mean"] = "sample"  # item 10: z in training, reparameterised sample (code) or the mean
     z_eval: Literal["sample", "mean"] = "sample"  # item 10: z online / in eval mode; one draw per block
-    local_checkpoint_chunk: int = 512  # local sequences per activation-checkpointed chunk in training (0 = off)
+    local_context: Literal["block", "sliding"] = "block"  # item 11: online GPT context = the current block (paper,
+    # Alg. 1; equals training) or the episode's last c steps with the current z repeated (authors' evaluator)
+    local_checkpoint_chunk: int = 128  # local sequences per activation-checkpointed chunk in training (0 = off)
 
 
 class DecisionMambaHybrid(nn.Module):
@@ -182,6 +184,7 @@ class DMHPolicy(Policy):
 
     Per row and block: at the block's first `act`, the Mamba steps [RTG,] s and z is drawn; every `act` feeds (z, s)
     to the GPT and every `observe` feeds (a, r); when the block is full or the episode ends, the Mamba steps r_hat, d.
+    With `local_context="sliding"` the GPT instead re-reads the episode's last c steps (at most 4c tokens) each act.
     """
 
     def __init__(
@@ -203,6 +206,16 @@ class DMHPolicy(Policy):
         self.reward_sum = torch.zeros(b, device=self.device)  # rewards so far in the current block
         self.rtg = self.target.clone()  # [B] scaled return still to go in the current episode
         self.timestep = torch.zeros(b, dtype=torch.long, device=self.device)
+        if m.cfg.local_context == "sliding":  # the episode's last c steps: inputs, and how many are held per row
+            c = m.cfg.block_size
+            self.window = {
+                "obs": torch.zeros(b, c, m.cfg.obs_dim, device=self.device),
+                "actions": (torch.full((b, c), -1, dtype=torch.long, device=self.device) if m.cfg.discrete
+                            else torch.zeros(b, c, m.cfg.act_dim, device=self.device)),
+                "rewards": torch.zeros(b, c, device=self.device),
+                "timesteps": torch.zeros(b, c, dtype=torch.long, device=self.device),
+            }
+            self.window_len = torch.zeros(b, dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -217,8 +230,19 @@ class DMHPolicy(Policy):
             z = m.draw_z(*m.z_distribution(h), self.z_mode, self.generator)
             self.z = torch.where(starting[:, None], z, self.z)
             m.gpt.reset_rows(self.cache, starting)
+        if m.cfg.local_context == "sliding":
+            return self._act_sliding(obs)
         x = m.local_tokens(self.z, obs, None, None, self.timestep)  # [B, 2, d]
         return m.head(m.gpt.step(x, self.cache)[:, 1])
+
+    def _act_sliding(self, obs: torch.Tensor) -> torch.Tensor:
+        m, rows, n = self.model, torch.arange(self.batch_size, device=self.device), self.window_len
+        self.window["obs"][rows, n] = obs
+        self.window["timesteps"][rows, n] = self.timestep
+        w = self.window
+        z = self.z[:, None].expand(-1, m.cfg.block_size, -1)
+        x = m.local_tokens(z, w["obs"], w["actions"], w["rewards"], w["timesteps"]).flatten(1, 2)  # [B, 4c, d]
+        return m.head(m.gpt(x)[rows, 4 * n + 1])  # slots after the current s are stale but causally invisible
 
     @torch.no_grad()
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
@@ -226,7 +250,10 @@ class DMHPolicy(Policy):
         reward, done = self._as(reward, torch.float32), self._as(done, torch.bool)
         x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
                            action.to(self.device), reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
-        m.gpt.step(x, self.cache)
+        if m.cfg.local_context == "sliding":
+            self._observe_sliding(action.to(self.device), reward, done)
+        else:
+            m.gpt.step(x, self.cache)
         self.reward_sum = self.reward_sum + reward
         self.pos = self.pos + 1
         ending = (self.pos == m.cfg.block_size) | done  # [B] rows whose block is complete
@@ -238,3 +265,14 @@ class DMHPolicy(Policy):
             self.reward_sum = self.reward_sum.masked_fill(ending, 0.0)
             self.pos = self.pos.masked_fill(ending, 0)
         self.rtg = torch.where(done, self.target, self.rtg - reward / m.cfg.rtg_scale)
+
+    def _observe_sliding(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
+        rows, c = torch.arange(self.batch_size, device=self.device), self.model.cfg.block_size
+        self.window["actions"][rows, self.window_len] = action
+        self.window["rewards"][rows, self.window_len] = reward
+        self.window_len = self.window_len + 1
+        full = self.window_len == c  # drop the oldest step so the next act has room
+        for key, buf in self.window.items():
+            shape = (-1,) + (1,) * (buf.dim() - 1)
+            self.window[key] = torch.where(full.view(shape), buf.roll(-1, dims=1), buf)
+        self.window_len = torch.where(full, c - 1, self.window_len).masked_fill(done, 0)

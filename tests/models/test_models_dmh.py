@@ -129,3 +129,44 @@ def test_last_episode_loss_mask_selects_the_final_episode_of_each_context() -> N
         [0, 0, 0, 1, 1, 0],
         [0, 0, 1, 0, 0, 0],
     ]
+
+
+def test_checkpointing_the_local_sequences_changes_no_loss_or_gradient() -> None:
+    batch = make_batch([[5, 7], [12]], 3, 4)
+    results = []
+    for chunk in (0, 2):
+        torch.manual_seed(0)
+        model = build_model("dmh", tiny_config("dmh", local_checkpoint_chunk=chunk))
+        loss, _ = model.loss(batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for g0, g1 in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)
+
+
+def test_sliding_local_context_sees_the_episodes_last_c_steps_with_the_current_z() -> None:
+    """The authors' evaluator (§8.2 item 11): identical to the per-block context within an episode's first block,
+    different afterwards, where it re-reads the last c steps."""
+    c = 3
+    batch = make_batch([[5, 7], [8, 4]], 3, 4)
+    block = build_model("dmh", tiny_config("dmh", block_size=c)).eval()
+    sliding = build_model("dmh", tiny_config("dmh", block_size=c, local_context="sliding")).eval()
+    sliding.load_state_dict(block.state_dict())
+    out_block, out_sliding = policy_outputs(block, batch), policy_outputs(sliding, batch)
+    first_block = batch["timesteps"] < c
+    torch.testing.assert_close(out_sliding[first_block], out_block[first_block], atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(out_sliding[~first_block], out_block[~first_block])
+    # row 0, step 4 (second block, z drawn at step 3): the GPT reads steps 2, 3, 4 with that z, a_4/r_4 unseen
+    policy = sliding.policy(1, target_return=5.0)
+    for t in range(5):
+        out = policy.act(batch["obs"][:1, t], batch["timesteps"][:1, t])
+        if t < 4:
+            policy.observe(batch["actions"][:1, t], batch["rewards"][:1, t], batch["done"][:1, t])
+    steps = slice(2, 5)
+    with torch.no_grad():
+        x = sliding.local_tokens(policy.z[:, None].expand(1, 3, -1), batch["obs"][:1, steps],
+                                 batch["actions"][:1, steps], batch["rewards"][:1, steps],
+                                 batch["timesteps"][:1, steps]).flatten(1, 2)  # [1, 12, d]
+        expected = sliding.head(sliding.gpt(x)[:, 9])
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
