@@ -134,11 +134,56 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_cmd_data_show)
 
 
+# -------------------------------------------------------------------------------------------- dmh train / evaluate
+def _cmd_train(args: argparse.Namespace) -> None:
+    from dmh.training.config import make_config
+    from dmh.training.run import train_run
+
+    cfg = make_config(args.algo, args.task, args.preset, seed=args.seed, config_file=args.config, sets=args.set)
+    result = train_run(cfg, resume=args.resume)
+    curve = " ".join(f"{r:.2f}" for r in result.evaluation.curve)
+    print(f"run {result.run_id}: {result.steps} updates, loss {result.final_loss:.4f}, last-episode return "
+          f"{result.evaluation.last_return:.3f}\nin-context curve (mean return per episode): {curve}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from dmh.training.run import checkpoint_of_run, evaluate_checkpoint
+
+    path = Path(args.target)
+    checkpoint = path if path.suffix == ".pt" or path.exists() else checkpoint_of_run(args.target)
+    result = evaluate_checkpoint(checkpoint, episodes=args.episodes, n_tasks=args.tasks)
+    curve = " ".join(f"{r:.2f}" for r in result.curve)
+    print(f"last-episode return {result.last_return:.3f} over {result.returns.shape[0]} test tasks, online "
+          f"{result.online_seconds:.1f} s\nin-context curve: {curve}")
+
+
+def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    from dmh.training.config import ALGOS, PRESETS
+
+    train = sub.add_parser("train", help="train a model on a task, tracked in MLflow")
+    train.add_argument("--algo", required=True, choices=ALGOS)
+    train.add_argument("--task", required=True, help="darkroom … large-key-to-door, tmaze-<L>, or a D4RL name")
+    train.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--config", default=None, help="YAML file of settings (applied after the preset)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set c=10 --set model.d_model=64 (applied last)")
+    train.add_argument("--resume", action="store_true", help="continue this configuration's checkpoint and MLflow run")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="online in-context evaluation of a checkpoint or an MLflow run id")
+    evaluate.add_argument("target", help="checkpoint file (.pt) or MLflow run id")
+    evaluate.add_argument("--episodes", type=int, default=0, help="episodes per test task (default: the paper's)")
+    evaluate.add_argument("--tasks", type=int, default=0, help="number of test tasks (default: the run's)")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmh", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_parser(sub)
+    _add_train_parsers(sub)
     return parser
 
 

@@ -22,13 +22,16 @@ CHECKPOINT_FORMAT = 1
 
 
 def rng_state(sampler_rng: np.random.Generator) -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "sampler": sampler_rng.bit_generator.state,
-            "torch": torch.get_rng_state()}
+    """Every random stream training draws from, as plain types and tensors (loadable with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+            "sampler": sampler_rng.bit_generator.state, "torch": torch.get_rng_state()}
 
 
 def restore_rng(state: dict[str, Any], sampler_rng: np.random.Generator) -> None:
     random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(_as_tuple(state["numpy"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     sampler_rng.bit_generator.state = state["sampler"]
     torch.set_rng_state(state["torch"])
 

@@ -19,7 +19,8 @@ ALGOS = tuple(MODELS)
 
 @dataclass
 class TrainConfig:
-    """Everything ``dmh train`` needs; 0 in n_context / c / history_stride / dt_context_len means "the task default"."""
+    """Everything ``dmh train`` needs; None in n_context / c and 0 in history_stride / dt_context_len mean "the task
+    default"."""
 
     algo: str = "dmh"  # dmh | dm | dt | ad-transformer | ad-mamba
     task: str = "darkroom"  # Grid World family, tmaze-<L>, or a D4RL dataset name
@@ -33,8 +34,8 @@ class TrainConfig:
     warmup_steps: int = 100  # linear learning-rate warm-up, then constant (the authors' code has no decay)
     grad_clip: float = 0.25  # gradient-norm clip
     # --- across-episodic context ---
-    n_context: int = 0  # episodes per context (AD, DM-H); 0 = the paper's n for the task
-    c: int = 0  # DM-H steps per sub-goal (block size); 0 = the paper's c for the task
+    n_context: int | None = None  # episodes per context (AD, DM-H); None = the paper's n for the task
+    c: int | None = None  # DM-H steps per sub-goal (block size); None = the paper's c for the task
     valuable_subgoals: bool = True  # DM-H's valuable-sub-goal branch and its loss (off = the paper's ablation)
     history_stride: int = 0  # learning-history episodes between consecutive context episodes; 0 = auto (a context
     # spans half a history)
@@ -136,7 +137,9 @@ def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = No
 def resolved(cfg: TrainConfig) -> tuple[TaskSpec, int, int]:
     """The task spec and the effective (n_context, c)."""
     spec = resolve_task(cfg.task)
-    return spec, cfg.n_context or spec.n_context, cfg.c or spec.c
+    n = spec.n_context if cfg.n_context is None else cfg.n_context
+    c = spec.c if cfg.c is None else cfg.c
+    return spec, n, c
 
 
 def validate(cfg: TrainConfig) -> TaskSpec:
@@ -147,12 +150,12 @@ def validate(cfg: TrainConfig) -> TaskSpec:
     for name in ("steps", "batch_size"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
             raise DmhError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
-    if not isinstance(cfg.c, int) or cfg.c < 0 or c <= 0:
-        raise DmhError(f"c must be a positive integer (steps per sub-goal), got {cfg.c!r}")
-    if c > spec.horizon:
+    if isinstance(c, bool) or not isinstance(c, int) or c <= 0:
+        raise DmhError(f"c must be a positive integer (steps per sub-goal), got {c!r}")
+    if cfg.algo == "dmh" and c > spec.horizon:
         raise DmhError(f"c={c} is longer than an episode of {spec.name} ({spec.horizon} steps)")
-    if not isinstance(cfg.n_context, int) or cfg.n_context < 0 or n <= 0:
-        raise DmhError(f"n_context must be a positive integer (episodes per context), got {cfg.n_context!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise DmhError(f"n_context must be a positive integer (episodes per context), got {n!r}")
     for name in ("lr", "grad_clip"):
         if not isinstance(getattr(cfg, name), int | float) or getattr(cfg, name) <= 0:
             raise DmhError(f"{name} must be positive, got {getattr(cfg, name)!r}")

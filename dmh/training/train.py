@@ -129,6 +129,7 @@ class Trainer:
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.run_id: str | None = None
         self.last_loss = math.nan
+        self.rng = rng_state(self.sampler.rng)  # the random streams fit() starts from (a resume replaces them)
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -160,7 +161,7 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        restore_rng(payload["rng"], self.sampler.rng)
+        self.rng = payload["rng"]
         self.step, self.train_seconds = payload["step"], payload["train_seconds"]
         self.run_id, self.last_loss = payload["run_id"], payload["last_loss"]
 
@@ -197,6 +198,7 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> TrainResult | None:
         """Train to ``cfg.steps``; ``stop_after`` stops early after that many updates (to test resume)."""
         cfg = self.cfg
+        restore_rng(self.rng, self.sampler.rng)  # independent of whatever ran in this process before
         window: list[float] = []
         timer = time.perf_counter()
         steps = range(self.step, cfg.steps)

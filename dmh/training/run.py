@@ -1,0 +1,116 @@
+"""A tracked training run: ``Trainer`` inside an MLflow run, with the paper's metrics and the artifacts a reader
+needs to trace every number back to its settings. This is what ``dmh train`` and every sweep trial call."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmh.errors import DmhError
+from dmh.evaluation.online import EvalResult
+from dmh.tracking import TrackedRun
+from dmh.training.checkpoint import load_checkpoint, model_from_checkpoint
+from dmh.training.config import TrainConfig, resolved, to_yaml
+from dmh.training.train import Trainer, TrainResult, offline_hours_per_10k, run_name
+
+log = logging.getLogger("dmh")
+
+
+def run_params(cfg: TrainConfig, trainer: Trainer) -> dict[str, Any]:
+    """Every resolved config field, with the effective n and c, the env id and the Mamba backend."""
+    spec, n, c = resolved(cfg)
+    params = dataclasses.asdict(cfg)
+    params.update(n_context=n, c=c, env=spec.env_id, backend=mamba_backend(trainer))
+    params["model"] = dataclasses.asdict(trainer.model_cfg)
+    return params
+
+
+def mamba_backend(trainer: Trainer) -> str:
+    """The selective-scan path this run's Mamba blocks take ("none" for transformer-only models)."""
+    if trainer.cfg.algo in ("dt", "ad-transformer"):
+        return "none"
+    requested = trainer.model_cfg.mamba_backend
+    from dmh.models import mamba_ssm_available
+
+    return "cuda" if requested == "cuda" or (requested == "auto" and mamba_ssm_available()) else "torch"
+
+
+def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dict[str, float]:
+    """The paper's numbers: in-context curve, last-episode return, D4RL normalised score, Table 4 timings."""
+    run.log_curve(result.returns)
+    metrics = {
+        "eval/last_return": result.last_return,
+        "time/online_min": result.online_seconds / 60,
+        "time/offline_h_per_10k_updates": offline_hours_per_10k(trainer.train_seconds, trainer.step),
+    }
+    if trainer.spec.kind == "d4rl":
+        from dmh.data.d4rl import normalized_score
+
+        metrics["eval/normalized_score"] = float(np.mean(normalized_score(trainer.spec.name, result.returns[:, -1])))
+    run.log_metrics(metrics, step=trainer.step)
+    return metrics
+
+
+def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None = None,
+              tags: dict[str, str] | None = None) -> TrainResult:
+    """Train ``cfg`` inside one MLflow run; ``resume`` continues the run's checkpoint and MLflow run."""
+    trainer = Trainer(cfg)
+    if resume:
+        trainer.resume_if_possible()
+    elif trainer.checkpoint_path.exists():
+        raise DmhError(f"{trainer.checkpoint_path} already exists: pass --resume to continue that run, or change "
+                       "--seed / run_dir")
+    with TrackedRun(cfg.experiment, run_name=run_name(cfg), params=run_params(cfg, trainer), run_id=trainer.run_id,
+                    tags={"task": cfg.task, "algo": cfg.algo, **(tags or {})}, tracking_uri=tracking_uri) as run:
+        trainer.tracker = run
+        trainer.run_id = run.run_id
+        run.log_text(to_yaml(cfg), "config.yaml")
+        result = trainer.fit()
+        metrics = log_evaluation(run, trainer, result.evaluation)
+        run.log_artifact(result.checkpoint, "checkpoint")
+        log.info("finished %s: last-episode return %.3f (%s)", run_name(cfg), result.evaluation.last_return,
+                 ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return result
+
+
+def evaluate_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None, episodes: int = 0,
+                        n_tasks: int = 0, log_to_run: bool = True) -> EvalResult:
+    """Online evaluation of a checkpoint (or of an MLflow run's final checkpoint), logged back to its run."""
+    payload = load_checkpoint(checkpoint)
+    cfg = TrainConfig(**payload["config"])
+    from dmh.evaluation.online import evaluate_online
+    from dmh.tasks import resolve_task
+
+    model = model_from_checkpoint(payload)
+    spec = resolve_task(cfg.task)
+    result = evaluate_online(model, spec, payload["obs_mean"].numpy(), payload["obs_std"].numpy(),
+                             n_tasks=n_tasks or cfg.eval_tasks, episodes=episodes or cfg.eval_episodes,
+                             seed=cfg.seed + 10_000, sample=cfg.eval_sample)
+    if log_to_run and payload.get("run_id"):
+        with TrackedRun(cfg.experiment, run_id=payload["run_id"], tracking_uri=tracking_uri) as run:
+            run.log_metrics({"eval/last_return": result.last_return, "time/online_min": result.online_seconds / 60},
+                            step=payload["step"])
+    return result
+
+
+def checkpoint_of_run(run_id: str, tracking_uri: str | None = None) -> Path:
+    """Download a run's final checkpoint artifact to a temporary folder."""
+    import mlflow
+
+    from dmh.tracking import default_tracking_uri
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
+                                                    dst_path=tempfile.mkdtemp(prefix="dmh-ckpt-"),
+                                                    tracking_uri=tracking_uri or default_tracking_uri())
+    except Exception as exc:  # mlflow raises several types for an unknown run or a missing artifact
+        raise DmhError(f"cannot fetch the checkpoint of run {run_id}: {str(exc).splitlines()[0]}") from None
+    found = list(Path(local).rglob("*.pt"))
+    if not found:
+        raise DmhError(f"run {run_id} has no checkpoint artifact")
+    return found[0]

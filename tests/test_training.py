@@ -1,0 +1,173 @@
+"""dmh train / evaluate: exact resume, determinism, run status, bad configurations, and the paper's metrics in MLflow."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from dmh.cli import main
+from dmh.errors import DmhError
+from dmh.training.checkpoint import load_checkpoint
+from dmh.training.config import make_config
+from dmh.training.run import train_run
+from dmh.training.train import Trainer
+
+ALGOS = ["dmh", "dm", "dt", "ad-transformer", "ad-mamba"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Each test in its own folder: its own MLflow store (./mlflow.db), runs/ and shared data cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path.parent / "dmh-test-data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def smoke(algo="dmh", task="darkroom", **sets):
+    return make_config(algo, task, "smoke", sets=[f"{k}={v}" for k, v in sets.items()])
+
+
+def parameters(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_interrupted_and_resumed_training_ends_with_exactly_the_uninterrupted_parameters(workdir, algo):
+    straight = Trainer(smoke(algo, steps=6, checkpoint_every=2, run_dir="a"))
+    straight.fit()
+    interrupted = Trainer(smoke(algo, steps=6, checkpoint_every=2, run_dir="b"))
+    assert interrupted.fit(stop_after=3) is None  # dies after update 3; the last checkpoint is from update 2
+    resumed = Trainer(smoke(algo, steps=6, checkpoint_every=2, run_dir="b"))
+    assert resumed.resume_if_possible() and resumed.step == 2
+    resumed.fit()
+    expected, got = parameters(straight.model), parameters(resumed.model)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_same_seed_gives_identical_losses_and_returns_and_another_seed_differs(workdir):
+    runs = [Trainer(smoke(seed=s, run_dir=f"r{i}")) for i, s in enumerate([0, 0, 1])]
+    results = [t.fit() for t in runs]
+    assert results[0].final_loss == results[1].final_loss
+    assert (results[0].evaluation.returns == results[1].evaluation.returns).all()
+    assert results[0].final_loss != results[2].final_loss
+
+
+def test_a_tracked_run_records_the_paper_metrics_params_tags_and_artifacts(workdir):
+    result = train_run(smoke())
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    for key in ("algo", "env", "c", "n_context", "valuable_subgoals", "seed", "preset", "backend", "lr", "model.d_model"):
+        assert key in params, key
+    assert (params["algo"], params["env"], params["c"], params["n_context"]) == ("dmh", "dmh/Darkroom-v0", "5", "2")
+    assert params["backend"] == "torch"
+    assert {"git_commit", "host", "device"} <= set(run.data.tags) or {"dmh.git_commit"} <= set(run.data.tags)
+    metrics = run.data.metrics
+    for key in ("train/loss", "eval/last_return", "time/offline_h_per_10k_updates", "time/online_min"):
+        assert key in metrics, key
+    curve = client.get_metric_history(result.run_id, "eval/return")
+    assert [m.step for m in curve] == [0, 1]  # one point per episode index
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "config.yaml" in artifacts and "checkpoint" in artifacts
+    assert any(p.endswith(".csv") or p.endswith(".png") for p in artifacts) or client.list_artifacts(result.run_id, "curves")
+
+
+def test_resume_continues_the_same_mlflow_run(workdir):
+    first = train_run(smoke())
+    again = train_run(smoke(), resume=True)
+    assert again.run_id == first.run_id
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert len(client.search_runs([client.get_experiment_by_name("dmh").experiment_id])) == 1
+
+
+def test_a_run_that_raises_ends_failed(workdir, monkeypatch):
+    def boom(self):
+        raise RuntimeError("diverged")
+
+    monkeypatch.setattr(Trainer, "train_step", boom)
+    with pytest.raises(RuntimeError, match="diverged"):
+        train_run(smoke())
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("dmh").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_sigterm_ends_the_run_killed_and_resume_finishes_it(workdir):
+    env = {**os.environ, "DMH_DATA_DIR": os.environ["DMH_DATA_DIR"]}
+    cmd = [sys.executable, "-m", "dmh.cli", "train", "--algo", "ad-transformer", "--task", "darkroom",
+           "--preset", "smoke", "--set", "steps=100000", "--set", "checkpoint_every=5"]
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpt_dir = workdir / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ckpt_dir.glob("*/checkpoint.pt")):
+        time.sleep(0.5)
+    assert list(ckpt_dir.glob("*/checkpoint.pt")), proc.stdout.read().decode() if proc.poll() is not None else "no ckpt"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("dmh").experiment_id])
+    assert run.info.status == "KILLED"
+    (ckpt,) = ckpt_dir.glob("*/checkpoint.pt")
+    assert load_checkpoint(ckpt)["run_id"] == run.info.run_id
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--algo", "dmh", "--task", "nowhere"], "unknown task 'nowhere'"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "c=0"], "c must be a positive integer"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "c=-3"], "c must be a positive integer"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "c=21"], "c=21 is longer than an episode of darkroom"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "n_context=-1"], "n_context must be a positive integer"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "batch_size=0"], "batch_size must be a positive integer"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "nonsense=1"], "unknown setting 'nonsense'"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "model.wings=2"], "model: unknown field(s) wings"),
+    (["--algo", "dmh", "--task", "tmaze-0"], "memory_length must be a positive integer"),
+    (["--algo", "dmh", "--task", "darkroom", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
+])
+def test_bad_configuration_is_rejected_before_any_work_naming_the_field(workdir, capsys, argv, message):
+    assert main(["train", "--preset", "smoke", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "runs").exists()
+
+
+def test_unknown_algo_is_rejected_by_the_command_line(workdir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--algo", "ppo", "--task", "darkroom"])
+    assert exc.value.code == 2 and "invalid choice: 'ppo'" in capsys.readouterr().err
+
+
+def test_a_dataset_for_another_environment_is_rejected(workdir, capsys):
+    assert main(["data", "tmaze", "--memory-length", "10", "--out", "t.h5"]) == 0
+    assert main(["train", "--algo", "dmh", "--task", "darkroom", "--preset", "smoke", "--set",
+                 "dataset_path=t.h5"]) == 2
+    assert "is for tmaze-10, not for task darkroom" in capsys.readouterr().err
+
+
+def test_resuming_with_a_checkpoint_of_another_architecture_is_rejected(workdir):
+    Trainer(smoke(run_dir="x")).fit()
+    other = Trainer(smoke(run_dir="x"))
+    payload_cfg = load_checkpoint(other.checkpoint_path)
+    payload_cfg["model"]["embed_timestep.weight"] = torch.zeros(3, 3)
+    from dmh.training.checkpoint import load_weights
+
+    with pytest.raises(DmhError, match="different architecture"):
+        load_weights(other.model, payload_cfg["model"], "checkpoint")
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(workdir):
+    train_run(smoke())
+    with pytest.raises(DmhError, match="pass --resume"):
+        train_run(smoke())
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(workdir):
+    (workdir / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DmhError, match="not a readable dmh checkpoint"):
+        load_checkpoint(workdir / "bad.pt")
