@@ -4,7 +4,7 @@ action head and the action loss. Each model file only arranges these into its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -40,14 +40,12 @@ class ModelConfig:
     loss_on: Literal["all", "last_episode"] = "all"  # steps supervised: all valid steps, or only the context's last
     # episode (authors' code for DM-H, §8.2 item 7); single-episode models (DT, DM) ignore it
 
-    mamba_kwargs: dict = field(default_factory=dict, repr=False)  # extra Mamba() kwargs (tests only)
-
     def mamba(self, n_layer: int | None = None) -> MambaBackbone:
         """A Mamba backbone built from these fields."""
         return MambaBackbone(
             self.d_model, n_layer or self.n_mamba_layer, d_state=self.d_state, d_conv=self.d_conv,
             expand=self.expand, backend=self.mamba_backend, scan_chunk=self.scan_chunk,
-            checkpoint_scan=self.checkpoint_scan, **self.mamba_kwargs,
+            checkpoint_scan=self.checkpoint_scan,
         )
 
     def gpt(self, max_tokens: int, position_embedding: bool = False) -> GPT:

@@ -12,6 +12,7 @@ middle of an episode. Blocks are numbered in context order, so block k's Mamba t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,6 +31,12 @@ class BlockLayout:
     def start(self) -> torch.Tensor:
         """[B, NB] step index of each block's first step."""
         return self.index[:, :, 0]
+
+    @property
+    def last(self) -> torch.Tensor:
+        """[B, NB] step index of each block's last step."""
+        n_steps = self.valid.sum(-1).clamp(min=1)  # [B, NB]
+        return self.index.gather(2, (n_steps - 1)[..., None]).squeeze(-1)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Per-step values x [B, L, ...] -> per-slot values [B, NB, c, ...] (empty slots hold step 0's value)."""
@@ -88,15 +95,23 @@ def valuable_subgoal_index(
     episode_start: torch.Tensor,  # [B, L] bool
     mask: torch.Tensor,  # [B, L] bool
     from_steps: torch.Tensor,  # [B, NB] int64 step i at which a sub-goal is chosen (each block's first step)
+    rule: Literal["paper", "code"] = "paper",
+    block_last: torch.Tensor | None = None,  # [B, NB] int64 each block's last step (rule "code" only)
+    block_valid: torch.Tensor | None = None,  # [B, NB] bool (rule "code" only)
     max_elements: int = 1 << 22,  # bound on the [B, blocks, L] score matrix built at once
 ) -> torch.Tensor:
-    """The paper's valuable sub-goal (§2.5): for a state s_i, the later state s_j of the same episode maximising the
-    mean reward collected on the way, V(s_j | s_i) = sum_{k=i+1..j} r_k / (j - i). Returns j [B, NB] (step indices).
+    """The valuable sub-goal s_g for each state s_i in `from_steps`; returns the step indices j [B, NB] of s_g.
 
-    The paper's r_k is the reward for *arriving* at s_k; in our batches rewards[u] is the reward of the transition
-    s_u -> s_{u+1}, so the sum is rewards[i .. j-1]. The transition out of the episode's last step e is included by
-    letting j run to e + 1 and clipping the returned state to s_e (the authors' code does the same). Ties go to the
-    nearest state (first argmax), so all-zero rewards select s_{i+1}.
+    rule "paper" (§2.5): the later state s_j of the same episode maximising the mean reward collected on the way,
+    V(s_j | s_i) = sum_{k=i+1..j} r_k / (j - i). The paper's r_k is the reward for *arriving* at s_k; in our batches
+    rewards[u] is the reward of the transition s_u -> s_{u+1}, so the sum is rewards[i .. j-1]. The transition out of
+    the episode's last step e is included by letting j run to e + 1 and clipping the returned state to s_e (the
+    authors' code does the same). Ties go to the nearest state (first argmax), so all-zero rewards select s_{i+1}.
+
+    rule "code" (the authors' D4RL code, §2.8): if the previous episode in the context had collected more reward by
+    the end of some block than the current episode has by the end of this block, the goal is the start state of the
+    block after the first such block (clipped to that episode's last block); otherwise the paper rule. The code's
+    forward-only search pointer is dropped: with non-negative rewards both give the same block.
     """
     batch, length = rewards.shape
     csum = torch.cat([rewards.new_zeros(batch, 1), torch.cumsum(rewards * mask, dim=1)], dim=1)  # [B, L+1] sum r[<j]
@@ -110,4 +125,23 @@ def valuable_subgoal_index(
         score = (csum[:, None, :] - csum.gather(1, i.squeeze(-1))[..., None]) / (j - i).clamp(min=1)  # [B, n, L+1]
         score = score.masked_fill((j <= i) | (j > e + 1), float("-inf"))
         out.append(torch.minimum(score.argmax(-1), e.squeeze(-1)).clamp(min=0))
-    return torch.cat(out, dim=1)
+    goal = torch.cat(out, dim=1)
+    if rule == "paper":
+        return goal
+    if rule != "code" or block_last is None or block_valid is None:
+        raise ValueError("rule must be 'paper', or 'code' with block_last and block_valid")
+    starts = episode_start.clone()
+    starts[:, 0] = True
+    episode = (torch.cumsum(starts.long(), dim=1) - 1).gather(1, from_steps)  # [B, NB] episode of each block
+    first = torch.cummax(torch.where(starts, torch.arange(length, device=rewards.device), 0), dim=1).values
+    collected = csum.gather(1, block_last + 1) - csum.gather(1, first.gather(1, from_steps))  # [B, NB] by block end
+    better = (
+        (episode[:, None, :] == episode[:, :, None] - 1) & block_valid[:, None, :]
+        & (collected[:, None, :] > collected[:, :, None])
+    )  # [B, NB (this block), NB (candidate block of the previous episode)]
+    found = better.any(-1)
+    m = better.float().argmax(-1)  # first such block
+    following = (m + 1).clamp(max=from_steps.shape[1] - 1)
+    same_episode = (episode.gather(1, following) == episode.gather(1, m)) & block_valid.gather(1, following)
+    target = torch.where(same_episode, following, m)
+    return torch.where(found, from_steps.gather(1, target), goal)

@@ -32,6 +32,8 @@ class DMHConfig(ModelConfig):
     rtg_scale: float = 1.0  # the data layer divides returns-to-go by this; the policy does the same online
     z_dim: int | None = None  # sub-goal size; None = obs_dim, as the authors' code (item 9)
     valuable_subgoals: bool = True  # item 8: the f(s_g) branch and its loss (off = the paper's ablation)
+    subgoal_rule: Literal["paper", "code"] = "paper"  # item 8: s_g by the paper's formula, or the code's
+    # previous-episode lookup falling back to the formula (see context.valuable_subgoal_index)
     subgoal_loss_weight: float = 0.5  # item 6: weight of the f(s_g) branch's loss (authors' code 0.5; paper silent)
     freeze_subgoal_proj: bool = True  # item 9: f stays at its random init (paper: frozen; code: detached)
     z_train: Literal["sample", "mean"] = "sample"  # item 10: z in training, reparameterised sample (code) or the mean
@@ -88,7 +90,10 @@ class DecisionMambaHybrid(nn.Module):
         mean, logvar = torch.tanh(self.z_head(h)).chunk(2, dim=-1)
         return mean, logvar
 
-    def draw_z(self, mean: torch.Tensor, logvar: torch.Tensor, mode: str, generator: torch.Generator | None = None):
+    def draw_z(
+        self, mean: torch.Tensor, logvar: torch.Tensor, mode: str, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z [..., z_dim]: the mean, or a reparameterised sample (gradients flow into mean and log-variance)."""
         if mode == "mean":
             return mean
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -159,7 +164,10 @@ class DecisionMambaHybrid(nn.Module):
         logs = {"loss_z": loss_z.item()}
         loss = loss_z
         if self.cfg.valuable_subgoals:
-            goal = valuable_subgoal_index(batch["rewards"], batch["episode_start"], batch["mask"], layout.start)
+            goal = valuable_subgoal_index(
+                batch["rewards"], batch["episode_start"], batch["mask"], layout.start, self.cfg.subgoal_rule,
+                block_last=layout.last, block_valid=layout.block_valid,
+            )
             z_goal = self.subgoal_proj(batch["obs"].gather(1, goal[..., None].expand(*goal.shape, self.cfg.obs_dim)))
             if self.cfg.freeze_subgoal_proj:
                 z_goal = z_goal.detach()

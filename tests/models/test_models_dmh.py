@@ -170,3 +170,24 @@ def test_sliding_local_context_sees_the_episodes_last_c_steps_with_the_current_z
                                  batch["timesteps"][:1, steps]).flatten(1, 2)  # [1, 12, d]
         expected = sliding.head(sliding.gpt(x)[:, 9])
     torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_code_subgoal_rule_looks_up_the_previous_episode_and_falls_back_to_the_paper_rule() -> None:
+    # c = 2; episode A (steps 0-5) collects 1 by step 1 and 3 by step 3; episode B (steps 6-11) collects 0 then 2
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0]])
+    episode_start, mask = _flags(12, [0, 6]), _flags(12, list(range(12)))
+    layout = block_layout(episode_start, mask, c=2)  # blocks start at 0, 2, 4 | 6, 8, 10
+    args = (rewards, episode_start, mask, layout.start)
+    paper = valuable_subgoal_index(*args)
+    code = valuable_subgoal_index(*args, rule="code", block_last=layout.last, block_valid=layout.block_valid)
+    # episode A has no previous episode: paper rule. B's block 6-7 has 0 < A's 1 (block 0-1) -> start of A's next
+    # block, step 2; block 8-9 has 2 < A's 3 (block 2-3) -> step 4; block 10-11 has 2 < 3 (block 2-3) -> step 4
+    assert code[0, :3].tolist() == paper[0, :3].tolist()
+    assert code[0, 3:].tolist() == [2, 4, 4]
+
+
+def test_dmh_trains_with_the_code_subgoal_rule() -> None:
+    model = build_model("dmh", tiny_config("dmh", subgoal_rule="code"))
+    loss, logs = model.loss(make_batch([[5, 7], [6, 6]], 3, 4))
+    loss.backward()
+    assert torch.isfinite(loss) and "loss_goal" in logs
