@@ -13,6 +13,8 @@ This is the top layer of the library: it imports ``dmh.errors`` and ``dmh.io`` o
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import csv
 import dataclasses
 import math
@@ -40,6 +42,8 @@ TRUNCATION_MARKER = "...[truncated]"
 _MAX_BATCH_METRICS = 1000
 _MAX_BATCH_PARAMS = 100
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Runs between start and end, for the exit hook below.
+_ACTIVE_RUNS: set[TrackedRun] = set()
 
 
 def _quiet_mlflow_env() -> None:
@@ -180,6 +184,18 @@ class RunInterrupted(SystemExit):
         self.signum = signum
 
 
+@atexit.register
+def _end_abandoned_runs() -> None:
+    """KILLED for runs still open when the interpreter exits.
+
+    A run in a worker thread (Ray Tune runs function trainables in one) has no signal handlers, since Python allows
+    them only in the main thread; when the main thread exits, this marks the run instead of leaving it RUNNING.
+    """
+    for run in list(_ACTIVE_RUNS):
+        with contextlib.suppress(Exception):
+            run._set_terminated("KILLED")
+
+
 def _terminal_status(exc: BaseException | None) -> str:
     if exc is None:
         return "FINISHED"
@@ -268,6 +284,7 @@ class TrackedRun:
         try:
             self._set_terminated(_terminal_status(exc))
         finally:
+            _ACTIVE_RUNS.discard(self)
             self._restore_signal_handlers()
             self._deferring = False
         signum, self._pending_signal = self._pending_signal, None
@@ -290,6 +307,7 @@ class TrackedRun:
         tags = {**run_tags(), **self._tags}
         run = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self._run_id = run.info.run_id
+        _ACTIVE_RUNS.add(self)
         self._log_params(self._params, already_logged={})
 
     def _resume_run(self, run_id: str) -> None:
@@ -309,6 +327,7 @@ class TrackedRun:
             )
         _check_unchanged(run_id, run.data.params, self._params)
         self._run_id = run_id
+        _ACTIVE_RUNS.add(self)
         self._client.update_run(run_id, status="RUNNING")
         self._set_tags({**run_tags(), **self._tags})
         self._log_params(self._params, already_logged=run.data.params)
@@ -411,8 +430,9 @@ class TrackedRun:
         """The in-context learning curve: return by episode index, averaged over tasks.
 
         ``returns_per_episode`` is ``[episodes]`` or ``[tasks, episodes]``. Logs ``eval/return`` with step = episode
-        index (all episodes in one batched call) and ``eval/last_return`` (the last episode, same step), and writes
-        ``<name>.csv`` (episode, mean, std over tasks, then one column per task) and ``<name>.png``.
+        index, all episodes in one batched call, and writes ``<name>.csv`` (episode, mean, std over tasks, then one
+        column per task) and ``<name>.png``. ``eval/last_return`` is left to the caller, which logs it at the training
+        step it belongs to.
         """
         returns = np.asarray(returns_per_episode, dtype=np.float64)
         if returns.ndim == 1:
@@ -424,9 +444,7 @@ class TrackedRun:
             )
         mean = returns.mean(axis=0)  # [episodes]
         std = returns.std(axis=0)  # [episodes]
-        last = len(mean) - 1
-        points = [("eval/return", float(v), episode) for episode, v in enumerate(mean)]
-        self._log_metric_points([*points, ("eval/last_return", float(mean[last]), last)])
+        self._log_metric_points([("eval/return", float(v), episode) for episode, v in enumerate(mean)])
         with tempfile.TemporaryDirectory(prefix="dmh-curve-") as folder:
             csv_path = Path(folder) / f"{name}.csv"
             png_path = Path(folder) / f"{name}.png"

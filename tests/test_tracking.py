@@ -206,10 +206,9 @@ def test_log_curve_logs_the_mean_over_tasks_per_episode_in_one_call_and_writes_c
         run.log_curve(returns)
 
     client = MlflowClient(uri)
-    assert len(calls) == 1  # 20 episodes and eval/last_return in one batch
+    assert len(calls) == 1  # all 20 episodes in one batch
     history = client.get_metric_history(run.run_id, "eval/return")
     assert [(m.step, m.value) for m in history] == [(e, 20.0 + e) for e in range(20)]
-    assert client.get_run(run.run_id).data.metrics["eval/last_return"] == 39.0
     local = Path(client.download_artifacts(run.run_id, "", str(tmp_path / "dl")))
     with (local / "in_context_curve.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -275,6 +274,35 @@ def test_a_signal_sent_by_pid_ends_the_run_killed_and_exits_with_128_plus_signum
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+_RUN_IN_A_WORKER_THREAD = textwrap.dedent(
+    """
+    import sys, threading, time
+    from dmh.tracking import TrackedRun
+
+    started = threading.Event()
+
+    def trainable():
+        with TrackedRun("threads", tracking_uri=sys.argv[1]) as run:
+            print(run.run_id, flush=True)
+            started.set()
+            time.sleep(60)
+
+    threading.Thread(target=trainable, daemon=True).start()
+    started.wait(60)
+    sys.exit(0)  # the main thread leaves while the run is still open in its thread
+    """
+)
+
+
+def test_a_run_still_open_in_a_worker_thread_when_the_process_exits_ends_killed(uri):
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_IN_A_WORKER_THREAD, uri], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
 
 
