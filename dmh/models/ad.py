@@ -104,12 +104,13 @@ class ADPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        x = self.model.embed(obs[:, None].to(self.device), self.prev_action[:, None], self.prev_reward[:, None],
-                             self.episode_start[:, None], timestep[:, None].to(self.device))  # [B, 1, d]
+        obs, timestep = self._as(obs, torch.float32), self._as(timestep, torch.long)
+        x = self.model.embed(obs[:, None], self.prev_action[:, None], self.prev_reward[:, None],
+                             self.episode_start[:, None], timestep[:, None])  # [B, 1, d]
         return self.model.head(self.model.backbone.step(x, self.state)[:, 0])
 
     @torch.no_grad()
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
-        self.prev_action = action.to(self.device)
+        self.prev_action = self._action(action)
         self.prev_reward = self._as(reward, torch.float32)
         self.episode_start = self._as(done, torch.bool)

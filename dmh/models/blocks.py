@@ -276,11 +276,12 @@ def action_loss(pred: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, d
     pred [B, L, act_dim]; actions [B, L] int64 or [B, L, act_dim]; mask [B, L] bool.
     """
     if discrete:
-        per_step = F.cross_entropy(pred.flatten(0, 1), actions.flatten().clamp(min=0), reduction="none")
+        target = actions.flatten().clamp(0, pred.shape[-1] - 1)  # padding may hold any value
+        per_step = F.cross_entropy(pred.flatten(0, 1), target, reduction="none")
     else:
         per_step = ((pred - actions) ** 2).mean(-1).flatten()
-    m = mask.flatten().float()
-    return (per_step * m).sum() / m.sum().clamp(min=1.0)
+    m = mask.flatten()
+    return torch.where(m, per_step, 0.0).sum() / m.sum().clamp(min=1)
 
 
 def last_episode_mask(episode_start: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -228,7 +228,7 @@ class DMHPolicy(Policy):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         m = self.model
-        obs, self.timestep = obs.to(self.device), timestep.to(self.device)
+        obs, self.timestep = self._as(obs, torch.float32), self._as(timestep, torch.long)
         starting = self.pos == 0  # [B] rows that begin a block at this step
         if bool(starting.any()):
             blank = torch.zeros_like(self.rtg)
@@ -255,11 +255,11 @@ class DMHPolicy(Policy):
     @torch.no_grad()
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
         m = self.model
-        reward, done = self._as(reward, torch.float32), self._as(done, torch.bool)
+        action, reward, done = self._action(action), self._as(reward, torch.float32), self._as(done, torch.bool)
         x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
-                           action.to(self.device), reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
+                           action, reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
         if m.cfg.local_context == "sliding":
-            self._observe_sliding(action.to(self.device), reward, done)
+            self._observe_sliding(action, reward, done)
         else:
             m.gpt.step(x, self.cache)
         self.reward_sum = self.reward_sum + reward

@@ -98,7 +98,7 @@ class DTPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        self.timestep = timestep.to(self.device)
+        obs, self.timestep = self._as(obs, torch.float32), self._as(timestep, torch.long)
         x = self.model.embed(self.rtg[:, None], obs[:, None], None, self.timestep[:, None])  # [B, 1, 2, d]
         h = self.model.backbone.step(x[:, 0], self.state)  # [B, 2, d]
         return self.model.head(h[:, 1])
@@ -106,7 +106,7 @@ class DTPolicy(Policy):
     @torch.no_grad()
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
         m = self.model
-        a = m.drop(m.embed_ln(m.embed_action(action.to(self.device)) + m.embed_timestep(self.timestep)))  # [B, d]
+        a = m.drop(m.embed_ln(m.embed_action(self._action(action)) + m.embed_timestep(self.timestep)))  # [B, d]
         m.backbone.step(a[:, None], self.state)
         done = self._as(done, torch.bool)
         self.rtg = torch.where(done, self.target, self.rtg - self._as(reward, torch.float32) / m.cfg.rtg_scale)

@@ -42,4 +42,8 @@ class Policy:
         self.model.eval()
 
     def _as(self, x: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-        return torch.as_tensor(x, dtype=dtype, device=self.device)
+        """Environment outputs (numpy arrays, int64 Grid World positions, float64 rewards) as model inputs."""
+        return torch.as_tensor(x, device=self.device).to(dtype)
+
+    def _action(self, action: torch.Tensor) -> torch.Tensor:
+        return self._as(action, torch.long if self.model.cfg.discrete else torch.float32)

@@ -113,3 +113,17 @@ def test_dt_window_resets_at_episode_end_and_matches_per_episode_forward() -> No
             episode = {k: v[b : b + 1, sl] for k, v in batch.items()}
             with torch.no_grad():
                 torch.testing.assert_close(stepped[b : b + 1, sl], model(episode), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_policy_accepts_environment_outputs_as_numpy_arrays(algo: str) -> None:
+    """Grid World observations are int64 and rewards float64 numpy arrays; the policy converts them itself."""
+    import numpy as np
+
+    model = build_model(algo, tiny_config(algo))
+    policy = model.policy(2)
+    policy.reset()
+    for t in range(4):
+        out = policy.act(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64), np.array([t, t]))
+        assert out.shape == (2, 4) and torch.isfinite(out).all()
+        policy.observe(np.array([1, 3]), np.array([0.0, 1.0]), np.array([t == 1, False]))
