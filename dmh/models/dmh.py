@@ -256,11 +256,11 @@ class DMHPolicy(Policy):
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
         m = self.model
         action, reward, done = self._action(action), self._as(reward, torch.float32), self._as(done, torch.bool)
-        x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
-                           action, reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
         if m.cfg.local_context == "sliding":
             self._observe_sliding(action, reward, done)
         else:
+            x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
+                               action, reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
             m.gpt.step(x, self.cache)
         self.reward_sum = self.reward_sum + reward
         self.pos = self.pos + 1

@@ -127,3 +127,32 @@ def test_policy_accepts_environment_outputs_as_numpy_arrays(algo: str) -> None:
         out = policy.act(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64), np.array([t, t]))
         assert out.shape == (2, 4) and torch.isfinite(out).all()
         policy.observe(np.array([1, 3]), np.array([0.0, 1.0]), np.array([t == 1, False]))
+
+
+def _state_numel(x: object) -> int:
+    """Elements in every tensor a policy holds (through lists, dicts and dataclasses)."""
+    if isinstance(x, torch.Tensor):
+        return x.numel()
+    if isinstance(x, list | tuple):
+        return sum(_state_numel(v) for v in x)
+    if isinstance(x, dict):
+        return sum(_state_numel(v) for v in x.values())
+    if hasattr(x, "__dataclass_fields__"):
+        return sum(_state_numel(getattr(x, f)) for f in x.__dataclass_fields__)
+    return 0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_policy_context_has_a_fixed_size_however_long_it_grows(algo: str) -> None:
+    """Recurrent state (Mamba) or a preallocated, bounded KV cache (transformers): nothing grows with the context,
+    which is what keeps the cost per step constant across many test episodes."""
+    cfg = tiny_config(algo)
+    policy = build_model(algo, cfg).policy(2)
+    batch = make_batch([[6] * 10, [5] * 12], cfg.obs_dim, cfg.act_dim)
+    sizes = []
+    for t in range(60):
+        policy.act(batch["obs"][:, t], batch["timesteps"][:, t])
+        policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
+        if t in (5, 59):
+            sizes.append(sum(_state_numel(v) for k, v in vars(policy).items() if k != "model"))
+    assert sizes[0] == sizes[1] > 0
