@@ -4,7 +4,6 @@ A plain module with a unique name (not a conftest.py) so it cannot clash with ot
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from dmh.models import AlgorithmDistillation, config_class
@@ -81,11 +80,3 @@ def policy_outputs(model, batch: dict[str, torch.Tensor], target_return: float =
         policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
     return torch.stack(outs, dim=1)
 
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread, and a second thread only fights other processes on a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

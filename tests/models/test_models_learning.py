@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models_testkit import ALGOS, SINGLE_EPISODE, make_batch, one_thread, tiny_config  # noqa: F401 (fixture)
+from models_testkit import ALGOS, SINGLE_EPISODE, make_batch, tiny_config
 
 from dmh.models import build_model
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _learnable_batch(algo: str, discrete: bool) -> dict[str, torch.Tensor]:
