@@ -161,6 +161,8 @@ class GPT(nn.Module):
         return out
 
     def _forward_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        if self.wpe is not None and x.shape[1] > self.max_tokens:
+            raise ValueError(f"{x.shape[1]} tokens exceed the position embedding's {self.max_tokens} (context_len)")
         h = self._embed(x, torch.arange(x.shape[1], device=x.device))
         kvs = []
         for block in self.h:
