@@ -191,3 +191,27 @@ def test_dmh_trains_with_the_code_subgoal_rule() -> None:
     loss, logs = model.loss(make_batch([[5, 7], [6, 6]], 3, 4))
     loss.backward()
     assert torch.isfinite(loss) and "loss_goal" in logs
+
+
+def test_fused_block_tokens_feed_the_mamba_one_token_per_block() -> None:
+    model = build_model("dmh", tiny_config("dmh", block_size=3, block_tokens="fused"))
+    seen = []
+    model.mamba.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    batch = make_batch([[6, 3]], 3, 4)  # blocks: 3 + 3 for the first episode, 3 for the second
+    model(batch)
+    assert seen == [3]
+
+
+def test_train_blocks_supervises_only_the_sampled_blocks_and_matches_the_full_loss_when_all_are_drawn() -> None:
+    torch.manual_seed(0)
+    batch = make_batch([[6, 6], [9, 3]], 3, 4)  # 4 blocks per row at c = 3
+    full = build_model("dmh", tiny_config("dmh", valuable_subgoals=False)).train()
+    all_drawn = build_model("dmh", tiny_config("dmh", valuable_subgoals=False, train_blocks=4)).train()
+    all_drawn.load_state_dict(full.state_dict())
+    torch.testing.assert_close(all_drawn.loss(batch)[0], full.loss(batch)[0])
+    one = build_model("dmh", tiny_config("dmh", valuable_subgoals=False, train_blocks=1)).train()
+    one.load_state_dict(full.state_dict())
+    decoded = []
+    one.gpt.register_forward_hook(lambda mod, inp, out: decoded.append(inp[0].shape[0]))
+    one.loss(batch)
+    assert decoded == [2]  # one local sequence per context

@@ -156,3 +156,15 @@ def test_policy_context_has_a_fixed_size_however_long_it_grows(algo: str) -> Non
         if t in (5, 59):
             sizes.append(sum(_state_numel(v) for k, v in vars(policy).items() if k != "model"))
     assert sizes[0] == sizes[1] > 0
+
+
+@pytest.mark.parametrize("rtg_token", [True, False])
+@pytest.mark.parametrize("c", [1, 3, 5])
+def test_dmh_policy_reproduces_forward_with_fused_block_tokens(c: int, rtg_token: bool) -> None:
+    torch.manual_seed(4)
+    cfg = tiny_config("dmh", block_size=c, rtg_token=rtg_token, block_tokens="fused")
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch(ACROSS_EPISODES, cfg.obs_dim, cfg.act_dim)
+    with torch.no_grad():
+        full = model(batch)
+    torch.testing.assert_close(policy_outputs(model, batch)[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
