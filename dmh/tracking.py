@@ -85,6 +85,27 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlruns" / folder).as_uri()
 
 
+def open_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` whose store is ready. A new local SQLite store is created under a file lock: processes
+    that start at once (parallel sweep trials) would otherwise race on MLflow's schema creation and fail."""
+    from mlflow import MlflowClient
+
+    db = _local_sqlite_path(tracking_uri)
+    if db is None:
+        return MlflowClient(tracking_uri=tracking_uri)
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)  # creates or migrates the schema while holding the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
 def _stringify(value: Any) -> str:
     text = str(value)
     if len(text) > MAX_PARAM_VALUE_LENGTH:
@@ -254,7 +275,7 @@ class TrackedRun:
         self._install_signal_handlers()
         self._deferring = True
         try:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = open_client(self.tracking_uri)
             if self._resume_id is None:
                 self._start_new_run()
             else:

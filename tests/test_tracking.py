@@ -359,3 +359,18 @@ def test_resume_under_another_experiment_is_a_clear_error(uri):
 def test_run_id_before_the_run_starts_is_a_clear_error(uri):
     with pytest.raises(DmhError, match="has not started"):
         _ = TrackedRun("x", tracking_uri=uri).run_id
+
+
+def test_processes_starting_at_once_on_a_new_sqlite_store_all_get_their_runs(tmp_path):
+    """Parallel sweep trials race on MLflow's schema creation unless the store is initialised under a lock."""
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    script = ("import sys; from dmh.tracking import TrackedRun\n"
+              f"with TrackedRun('race', run_name=sys.argv[1], tracking_uri={uri!r}) as run: print(run.run_id)")
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"r{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(3)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-500:] for _, err in outputs]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["r0", "r1", "r2"]
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -54,9 +54,7 @@ def evaluate_online(model: nn.Module, spec: TaskSpec, obs_mean: np.ndarray, obs_
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     core = make_eval_core(spec, rows)
-    policy_kwargs = {"target_return": spec.target_return} if "target_return" in model.policy.__code__.co_varnames \
-        else {}
-    policy = model.policy(rows, **policy_kwargs)
+    policy = model.policy(rows, target_return=spec.target_return)
     policy.reset()
     start = time.perf_counter()
     obs = core.reset(rng, tasks if spec.kind == "grid" else None)

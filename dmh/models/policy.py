@@ -3,7 +3,7 @@
 A policy is reset once per test task, then acts step by step across many episodes for a batch of environments. It
 carries its context itself (recurrent Mamba state or a bounded KV cache), with no gradient updates:
 
-    policy = model.policy(batch_size=8)
+    policy = model.policy(batch_size=8, target_return=...)   # every model accepts target_return
     policy.reset()
     for step in ...:
         out = policy.act(obs, timestep)          # [B, act_dim] logits or tanh-bounded means for the current step
