@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,16 @@ def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dic
 
 
 def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None = None,
-              tags: dict[str, str] | None = None) -> TrainResult:
-    """Train ``cfg`` inside one MLflow run; ``resume`` continues the run's checkpoint and MLflow run."""
-    trainer = Trainer(cfg)
-    if resume:
-        trainer.resume_if_possible()
+              tags: dict[str, str] | None = None, resume_from: Path | None = None,
+              on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train ``cfg`` inside one MLflow run; ``resume`` continues the run's checkpoint and MLflow run.
+
+    ``resume_from`` names a checkpoint file to continue instead (a Ray Tune trial restored on another worker);
+    ``on_checkpoint`` is called after every checkpoint is written (path, step, metrics).
+    """
+    trainer = Trainer(cfg, on_checkpoint=on_checkpoint)
+    if resume or resume_from is not None:
+        trainer.resume_if_possible(resume_from)
     elif trainer.checkpoint_path.exists():
         raise DmhError(f"{trainer.checkpoint_path} already exists: pass --resume to continue that run, or change "
                        "--seed / run_dir")

@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,12 @@ class TrainResult:
 class Trainer:
     """Holds a run's state so it can be checkpointed and resumed; ``fit`` runs to ``cfg.steps``."""
 
-    def __init__(self, cfg: TrainConfig, tracker: Any = None) -> None:
+    def __init__(self, cfg: TrainConfig, tracker: Any = None,
+                 on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None) -> None:
         self.spec = validate(cfg)
         self.cfg = cfg
         self.tracker = tracker
+        self.on_checkpoint = on_checkpoint  # called after every checkpoint (path, step, metrics): Ray Tune reporting
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
@@ -151,6 +154,8 @@ class Trainer:
 
     def save(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint_path, self.step, {"train/loss": self.last_loss})
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same configuration (anything else is refused, naming the fields)."""
@@ -165,10 +170,12 @@ class Trainer:
         self.step, self.train_seconds = payload["step"], payload["train_seconds"]
         self.run_id, self.last_loss = payload["run_id"], payload["last_loss"]
 
-    def resume_if_possible(self) -> bool:
-        if not self.checkpoint_path.exists():
+    def resume_if_possible(self, checkpoint: Path | None = None) -> bool:
+        """Continue from ``checkpoint`` (default: this run's own) if it exists."""
+        checkpoint = checkpoint or self.checkpoint_path
+        if not checkpoint.exists():
             return False
-        self.restore(load_checkpoint(self.checkpoint_path))
+        self.restore(load_checkpoint(checkpoint))
         log.info("resuming %s from step %d", self.run_dir.name, self.step)
         return True
 
