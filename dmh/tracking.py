@@ -268,7 +268,6 @@ class TrackedRun:
         return self._run_id
 
     def __enter__(self) -> TrackedRun:
-        from mlflow import MlflowClient
 
         # Handlers go in before the run exists and signals are held back until its id is known, so there is no
         # moment at which a signal could leave a run RUNNING.

@@ -171,3 +171,10 @@ def test_a_corrupt_checkpoint_is_a_clear_error(workdir):
     (workdir / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DmhError, match="not a readable dmh checkpoint"):
         load_checkpoint(workdir / "bad.pt")
+
+
+def test_set_values_are_typed_like_the_field_they_override():
+    cfg = make_config("dmh", "darkroom", "smoke", sets=["lr=2e-3", "steps=7", "valuable_subgoals=false",
+                                                         "dataset_path=null", "model.d_model=24"])
+    assert (cfg.lr, cfg.steps, cfg.valuable_subgoals, cfg.dataset_path, cfg.model["d_model"]) == (
+        0.002, 7, False, None, 24)

@@ -86,7 +86,13 @@ FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value: YAML scalars (``5``, ``1e-4``, ``true``, ``null``) become typed, anything else a string."""
+    """A ``--set`` value: numbers (``5``, ``1e-4``) and YAML scalars (``true``, ``null``) become typed, anything else a
+    string. Numbers are parsed by Python first because YAML 1.1 reads ``1e-4`` (no dot) as a string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
