@@ -1,0 +1,112 @@
+"""Hyper-parameter search for any algo and task: Optuna proposes settings (``OptunaSearch``), ASHA stops the trials
+that trail at each checkpoint (``ASHAScheduler``). Every trial is one ``dmh train`` run and one MLflow run, as in the
+grid sweeps.
+
+    python sweeps/tune.py --algo dmh --task darkroom [--preset smoke|cpu|paper] [--num-samples 20]
+                          [--metric train/loss|eval/last_return] [--resume] [--storage PATH]
+
+Searched: lr (log-uniform), batch_size, model.d_model and, for DM-H, c (values that fit the task's episode).
+``--metric eval/last_return`` evaluates every checkpoint online so ASHA and Optuna see the return while training
+(slower); ``train/loss`` (the default) costs nothing extra. Trials ASHA stops end KILLED in MLflow with
+``status_detail=stopped``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python sweeps/tune.py`, or a copy run by `ray submit` with $DMH_REPO set
+    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
+
+from sweeps.common import DmhError, Plan, Sweep, SweepError, Trial, build_parser, plan, run
+
+METRICS = {"train/loss": "min", "eval/last_return": "max"}
+# The search space per preset: sizes a preset's machine can afford around its defaults.
+SPACE = {
+    "smoke": dict(batch_size=[2, 4], d_model=[8, 16], lr=(1e-4, 1e-2)),
+    "cpu": dict(batch_size=[8, 16, 32], d_model=[32, 64], lr=(1e-4, 3e-3)),
+    "paper": dict(batch_size=[64, 128, 256], d_model=[64, 128, 256], lr=(3e-5, 1e-3)),
+}
+PAPER_C = (1, 5, 10, 15, 20)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dmh.training.config import ALGOS
+
+    parser.add_argument("--algo", required=True, choices=ALGOS)
+    parser.add_argument("--task", required=True, help="darkroom … large-key-to-door, tmaze-<L> or a D4RL name")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every trial")
+    parser.add_argument("--num-samples", type=int, default=None, help="trials (default: smoke 3, cpu 12, paper 50)")
+    parser.add_argument("--metric", default="train/loss", choices=list(METRICS),
+                        help="what Optuna optimises and ASHA compares at each checkpoint")
+
+
+def base_trial(args: argparse.Namespace) -> list[Trial]:
+    """The fixed part of every trial; validating it checks --algo, --task and --set before Ray starts."""
+    return [Trial(args.algo, args.task, args.seed)]
+
+
+SWEEP = Sweep(name="tune", description=__doc__.splitlines()[0], grid=base_trial, add_arguments=add_arguments)
+
+
+def search_space(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """The Tune param space: the validated base trial with searched dmh settings inside ``sets``."""
+    from ray import tune
+
+    from dmh.tasks import resolve_task
+
+    space = SPACE[args.preset]
+    sets = dict(base["sets"])
+    sets["batch_size"] = tune.choice(space["batch_size"])
+    sets["lr"] = tune.loguniform(*space["lr"])
+    sets["model"] = {**sets.get("model", {}), "d_model": tune.choice(space["d_model"])}
+    if args.algo == "dmh":
+        horizon = resolve_task(args.task).horizon
+        sets["c"] = tune.choice([c for c in PAPER_C if c <= horizon])
+    return {"trial": {**base, "sets": sets, "evaluate_checkpoints": args.metric == "eval/last_return"}}
+
+
+def tune_config(args: argparse.Namespace, checked: Plan) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dmh.training.config import make_config
+    from sweeps.common import as_set_args, short_trial_dirname
+
+    base = checked.trials[0]
+    cfg = make_config(base["algo"], base["task"], base["preset"], base["seed"], sets=as_set_args(base["sets"]))
+    mode = METRICS[args.metric]
+    # Metric and mode go to the searcher and the scheduler, not to TuneConfig, which would hand them to both again.
+    return tune.TuneConfig(
+        search_alg=OptunaSearch(metric=args.metric, mode=mode, seed=args.seed),
+        scheduler=ASHAScheduler(time_attr="step", metric=args.metric, mode=mode, max_t=cfg.steps,
+                                grace_period=min(cfg.checkpoint_every, cfg.steps), reduction_factor=2),
+        num_samples=args.num_samples, max_concurrent_trials=checked.max_concurrent or None,
+        trial_dirname_creator=short_trial_dirname,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(SWEEP).parse_args(argv)
+    args.name = args.name or f"tune_{args.algo}_{args.task}_{args.preset}"  # one folder per search
+    if args.num_samples is None:
+        args.num_samples = {"smoke": 3, "cpu": 12, "paper": 50}[args.preset]
+    try:
+        if args.num_samples <= 0:
+            raise SweepError(f"--num-samples must be positive, got {args.num_samples}")
+        checked = plan(SWEEP, args)
+    except DmhError as exc:
+        print(f"tune: error: {exc}", file=sys.stderr)
+        return 2
+    if checked.resume:
+        return run(checked)
+    return run(checked, search_space(args, checked.trials[0]), tune_config(args, checked))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Ray Tune sweeps: each script's smoke grid lands one FINISHED MLflow run per trial with the swept values as params;
+a SIGKILLed trial worker and an interrupted-then-resumed driver end with the same runs and no duplicates; an
+out-of-memory trial is recorded, not lost; bad arguments fail before Ray starts; Ray listens only on 127.0.0.1."""
+
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from sweeps import common
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # the second is how a dual-stack socket shows an IPv4 loopback bind
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One in-process Ray for the module, bound to 127.0.0.1; sweeps run in-process reuse it."""
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def workdir(tmp_path, tmp_path_factory, monkeypatch):
+    """Each test in its own folder (its own ./mlflow.db and ./sweep_results); datasets cached across tests."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path_factory.getbasetemp() / "sweep-data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+def mlflow_runs(workdir, experiment):
+    """Active (not deleted) runs of an experiment in the test's store."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+
+
+def descendants(root):
+    """``root`` and every process below it, from /proc (Ray's workers are children of its raylet)."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parent[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return tree
+
+
+def listening_sockets(pids):
+    """(process name, local ip) of every listening TCP socket and bound UDP socket of ``pids``, from ``ss``."""
+    found = []
+    for line in subprocess.run(["ss", "-lntupH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        owners = {int(pid): name for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line)}
+        if owners.keys() & pids:
+            ip = line.split()[4].rsplit(":", 1)[0].strip("[]")
+            found += [(name, ip) for pid, name in owners.items() if pid in pids]
+    return found
+
+
+def assert_ray_listens_only_on_loopback():
+    sockets = listening_sockets(descendants(os.getpid()))
+    assert any(name.startswith(("gcs_server", "raylet")) for name, _ in sockets), sockets
+    assert {ip for _, ip in sockets} <= LOOPBACK, sockets
+
+
+# Each script's smoke grid: argv extras, the run param that is swept, and its expected values (one run each).
+SMOKE = {
+    "c_sensitivity": ([], ("c",), {("1",), ("5",)}),
+    "subgoal_ablation": ([], ("valuable_subgoals",), {("True",), ("False",)}),
+    "grid_world": ([], ("algo",), {("dmh",), ("ad-mamba",), ("ad-transformer",)}),
+    "tmaze": ([], ("algo", "task"), {("dmh", "tmaze-20"), ("dm", "tmaze-20"), ("dt", "tmaze-20")}),
+    "d4rl": ([], ("algo",), {("dmh",), ("ad-mamba",), ("ad-transformer",), ("dt",)}),
+}
+
+
+@pytest.mark.parametrize("name", list(SMOKE))
+def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values(ray_session, workdir, name):
+    extra, keys, expected = SMOKE[name]
+    script = importlib.import_module(f"sweeps.{name}")
+    assert common.main(script.SWEEP, ["--preset", "smoke", *extra]) == 0
+    runs = mlflow_runs(workdir, name)
+    assert sorted(tuple(r.data.params[k] for k in keys) for r in runs) == sorted(expected)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all(r.data.tags["sweep"] == name and r.data.tags["status_detail"] == "completed" for r in runs)
+    assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
+    assert all("eval/last_return" in r.data.metrics for r in runs)
+    assert_ray_listens_only_on_loopback()
+
+
+def test_optuna_search_with_asha_leaves_one_run_per_sample_none_running(ray_session, workdir):
+    from sweeps import tune
+
+    assert tune.main(["--algo", "dmh", "--task", "darkroom", "--preset", "smoke", "--num-samples", "3"]) == 0
+    runs = mlflow_runs(workdir, "tune")
+    assert len(runs) == 3
+    # ASHA may stop a trailing trial at its first checkpoint: that run ends KILLED, marked as stopped
+    assert all(r.info.status == "FINISHED" or r.data.tags["status_detail"] == "stopped" for r in runs)
+    assert len({(r.data.params["lr"], r.data.params["c"], r.data.params["model.d_model"]) for r in runs}) > 1
+
+
+def test_a_sigkilled_trial_worker_is_retried_from_its_checkpoint_in_the_same_run(ray_session, workdir):
+    script = importlib.import_module("sweeps.c_sensitivity")
+    argv = ["--preset", "smoke", "--set", "steps=40", "--set", "checkpoint_every=3"]
+    outcome = {}
+    sweep = threading.Thread(target=lambda: outcome.update(rc=common.main(script.SWEEP, argv)))
+    sweep.start()
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    victim = None
+    deadline = time.monotonic() + 90
+    while victim is None and time.monotonic() < deadline and sweep.is_alive():
+        for run in mlflow_runs(workdir, "c_sensitivity"):
+            losses = client.get_metric_history(run.info.run_id, "train/loss") if run.info.status == "RUNNING" else []
+            if max((m.step for m in losses), default=0) >= 4:  # past the checkpoint at update 3
+                victim = run
+                os.kill(int(run.data.tags["worker_pid"]), signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    sweep.join(timeout=180)
+    assert victim is not None, "no trial reached a checkpoint to kill"
+    assert outcome["rc"] == 0
+    runs = mlflow_runs(workdir, "c_sensitivity")
+    assert sorted(r.data.params["c"] for r in runs) == ["1", "5"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    continued = next(r for r in runs if r.info.run_id == victim.info.run_id)  # the same run, not a new one
+    assert continued.data.tags["worker_pid"] != victim.data.tags["worker_pid"]
+    assert max(m.step for m in client.get_metric_history(continued.info.run_id, "train/loss")) == 40
+
+
+def test_an_interrupted_driver_resumes_to_the_same_runs_without_duplicates(ray_session, workdir):
+    argv = [sys.executable, str(REPO / "sweeps" / "c_sensitivity.py"), "--preset", "smoke", "--c", "1", "5", "10",
+            "--ray-address", "local", "--max-concurrent", "1", "--set", "steps=30", "--set", "checkpoint_every=3"]
+    driver = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if any(r.info.status == "FINISHED" for r in mlflow_runs(workdir, "c_sensitivity")):
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        driver.send_signal(signal.SIGINT)
+        stderr = driver.communicate(timeout=90)[1].decode()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid in [int(p.name) for p in Path("/proc").glob("[0-9]*") if _pgid(int(p.name)) == driver.pid]:
+            os.kill(pid, signal.SIGKILL)  # Ray processes this driver started and left behind, if any
+    assert driver.returncode == common.EXIT_INCOMPLETE, stderr[-3000:]
+    interrupted = mlflow_runs(workdir, "c_sensitivity")
+    assert 1 <= sum(r.info.status == "FINISHED" for r in interrupted) < 3
+    assert "RUNNING" not in {r.info.status for r in interrupted}
+
+    script = importlib.import_module("sweeps.c_sensitivity")
+    assert common.main(script.SWEEP, [*argv[2:], "--resume"]) == 0
+    runs = mlflow_runs(workdir, "c_sensitivity")
+    assert sorted(r.data.params["c"] for r in runs) == ["1", "10", "5"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    finished_before = {r.info.run_id for r in interrupted if r.info.status == "FINISHED"}
+    assert finished_before <= {r.info.run_id for r in runs}  # finished trials were not run again
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_an_out_of_memory_trial_is_recorded_as_such_and_reports_oom(workdir, monkeypatch):
+    script = importlib.import_module("sweeps.tmaze")
+    args = common.build_parser(script.SWEEP).parse_args(["--preset", "smoke", "--lengths", "20"])
+    config = common.plan(script.SWEEP, args).trials[0]
+    from dmh.training.train import Trainer
+
+    real_step = Trainer.train_step
+
+    def step_then_oom(self):
+        if self.step == 4:  # after the checkpoint at update 3, as a long context would
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_oom)
+    session = FakeSession()
+    common.run_trial(config, session)
+    assert session.reports[-1] == {"step": 3, "oom": 1}
+    [run] = mlflow_runs(workdir, "tmaze")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["status_detail"] == "out_of_memory"
+    assert run.data.metrics["oom"] == 1
+
+
+class FakeSession(common.TrialSession):
+    """The trial logic without Ray: a fixed trial id, no checkpoint to restore, reports collected."""
+
+    trial_id = "fake_00000"
+
+    def __init__(self):
+        self.reports = []
+
+    def restore(self, into):
+        return None
+
+    def report(self, metrics, checkpoint=None):
+        self.reports.append(metrics)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--c", "0", "5"], "every c must be a positive integer"),
+    (["--seeds", "0"], "--seeds must be a positive integer"),
+    (["--storage", "{file}"], "cannot be written"),
+    (["--set", "steps=-1"], "steps must be a positive integer"),
+    (["--preset", "paper", "--d4rl-dir", "{empty}"], "D4RL data missing for 3 dataset(s): hopper-medium-expert-v2"),
+])
+def test_bad_arguments_fail_before_ray_starts(workdir, monkeypatch, capsys, argv, message):
+    (workdir / "a-file").write_text("not a folder")
+    (workdir / "empty").mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(workdir / "empty"))
+    argv = [a.format(file=workdir / "a-file" / "x", empty=workdir / "empty") for a in argv]
+    monkeypatch.setattr(common, "connect_ray", _no_ray)
+    script = importlib.import_module("sweeps.c_sensitivity")
+    started = time.monotonic()
+    assert common.main(script.SWEEP, ["--preset", "smoke", *argv] if "--preset" not in argv else argv) == 2
+    assert time.monotonic() - started < 5
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_grid_and_an_unknown_preset_fail_before_ray_starts(workdir, monkeypatch, capsys):
+    monkeypatch.setattr(common, "connect_ray", _no_ray)
+    empty = common.Sweep(name="empty", description="nothing", grid=lambda args: [])
+    assert common.main(empty, ["--preset", "smoke"]) == 2
+    assert "grid of empty is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        common.main(empty, ["--preset", "huge"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_resume_without_a_sweep_to_restore_is_refused_before_ray_starts(workdir, monkeypatch, capsys):
+    monkeypatch.setattr(common, "connect_ray", _no_ray)
+    script = importlib.import_module("sweeps.c_sensitivity")
+    assert common.main(script.SWEEP, ["--preset", "smoke", "--resume"]) == 2
+    assert "no sweep to restore" in capsys.readouterr().err
+
+
+def _no_ray(*args, **kwargs):
+    raise AssertionError("Ray was started for bad arguments")
