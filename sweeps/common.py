@@ -437,20 +437,37 @@ def discard_stale_runs(uri: str, experiment: str, sweep_run: str, trial_id: str,
             client.delete_run(run.info.run_id)
 
 
-def end_trial_runs(uri: str, experiment: str, sweep_run: str, trial_id: str | None, status: str, detail: str,
-                   only_running: bool = False) -> int:
-    """Mark a trial's (or the whole sweep's) runs ``status`` with ``status_detail=detail``; returns how many."""
+def end_trial_runs(uri: str, experiment: str, sweep_run: str, trial_id: str, status: str, detail: str) -> None:
+    """Mark one trial's runs ``status`` with ``status_detail=detail``."""
     from dmh.tracking import open_client
 
     client = open_client(uri)
-    count = 0
     for run in trial_runs(uri, experiment, sweep_run, trial_id):
-        if only_running and run.info.status != "RUNNING":
-            continue
         client.set_terminated(run.info.run_id, status=status)
         client.set_tag(run.info.run_id, "status_detail", detail)
-        count += 1
-    return count
+
+
+def close_unfinished_runs(uri: str, experiment: str, sweep_run: str) -> int:
+    """After the sweep, when no trial process is left: every run that did not complete (ASHA stopped it, the driver
+    was interrupted, its process died before it could say so) ends KILLED with ``status_detail=stopped``; ``--resume``
+    reopens those of unfinished trials. Completed means FINISHED with a final evaluation, or out of memory: a stopped
+    trial's thread can end its run FINISHED on the way out (Tune stops it with ``sys.exit(0)``). Returns how many."""
+    from dmh.tracking import open_client
+
+    client = open_client(uri)
+    closed = 0
+    for run in trial_runs(uri, experiment, sweep_run):
+        detail = run.data.tags.get("status_detail")
+        completed = run.info.status == "FINISHED" and ("eval/last_return" in run.data.metrics
+                                                       or detail == "out_of_memory")
+        if completed:
+            if detail not in ("completed", "out_of_memory"):
+                client.set_tag(run.info.run_id, "status_detail", "completed")
+        elif run.info.status != "KILLED" or detail != "stopped":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "status_detail", "stopped")
+            closed += 1
+    return closed
 
 
 def set_tag(uri: str, run_id: str | None, key: str, value: str) -> None:
@@ -521,10 +538,7 @@ def run(plan: Plan, param_space: dict[str, Any] | None = None, tune_config: Any 
         if started:
             ray.shutdown()
     done = sum(1 for r in results if r.error is None and r.metrics.get("done", False))
-    # Every trial process is gone now: a run still RUNNING belongs to a trial that was stopped (ASHA) or cut off
-    # (an interrupted driver); --resume reopens the latter.
-    left = end_trial_runs(plan.tracking_uri, plan.experiment, plan.path, None, "KILLED", "stopped",
-                          only_running=True)
+    left = close_unfinished_runs(plan.tracking_uri, plan.experiment, plan.path)
     print(f"{plan.sweep.name}: {done}/{len(results)} trials finished in {elapsed:.0f} s; "
           f"MLflow experiment {plan.experiment!r} at {plan.tracking_uri}; Tune state at {plan.path}"
           + (f"; {left} unfinished run(s) marked KILLED" if left else ""))

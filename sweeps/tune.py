@@ -84,7 +84,8 @@ def tune_config(args: argparse.Namespace, checked: Plan) -> Any:
     # Metric and mode go to the searcher and the scheduler, not to TuneConfig, which would hand them to both again.
     return tune.TuneConfig(
         search_alg=OptunaSearch(metric=args.metric, mode=mode, seed=args.seed),
-        scheduler=ASHAScheduler(time_attr="step", metric=args.metric, mode=mode, max_t=cfg.steps,
+        # max_t one past the last update: at max_t ASHA stops a trial, which would cut off its final evaluation
+        scheduler=ASHAScheduler(time_attr="step", metric=args.metric, mode=mode, max_t=cfg.steps + 1,
                                 grace_period=min(cfg.checkpoint_every, cfg.steps), reduction_factor=2),
         num_samples=args.num_samples, max_concurrent_trials=checked.max_concurrent or None,
         trial_dirname_creator=short_trial_dirname,

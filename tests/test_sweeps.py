@@ -116,7 +116,9 @@ def test_optuna_search_with_asha_leaves_one_run_per_sample_none_running(ray_sess
     runs = mlflow_runs(workdir, "tune")
     assert len(runs) == 3
     # ASHA may stop a trailing trial at its first checkpoint: that run ends KILLED, marked as stopped
-    assert all(r.info.status == "FINISHED" or r.data.tags["status_detail"] == "stopped" for r in runs)
+    assert {(r.info.status, r.data.tags["status_detail"]) for r in runs} <= {("FINISHED", "completed"),
+                                                                              ("KILLED", "stopped")}
+    assert any(r.info.status == "FINISHED" for r in runs)
     assert len({(r.data.params["lr"], r.data.params["c"], r.data.params["model.d_model"]) for r in runs}) > 1
 
 
