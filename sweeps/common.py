@@ -283,12 +283,16 @@ def connect_ray(address: str | None) -> bool:
     if address not in (None, "local"):
         ray.init(address=address, log_to_driver=True)
         return True
-    if address is None:
+    # Only a cluster made by `ray start` (it records its address in Ray's temp folder): address="auto" alone would
+    # also adopt any Ray it finds running here, such as another sweep's in-process Ray, which ends with that sweep.
+    from ray._private.services import find_bootstrap_address
+
+    if address is None and find_bootstrap_address(None):
         try:
             ray.init(address="auto", log_to_driver=True)
             return True
         except ConnectionError:
-            pass  # no cluster on this machine: start our own
+            pass  # a stale record of a stopped cluster: start our own
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
     return True
 
@@ -354,7 +358,8 @@ def run_trial(config: dict[str, Any], session: TrialSession) -> None:
     uri, trial_id = config["tracking_uri"], session.trial_id
     # A retry lands in a fresh working folder (another worker, or Tune's new session after --resume): the checkpoint
     # Tune kept is the one to continue. A retry in the same folder may also find one written but not yet reported.
-    resume_from = session.restore(Path(tempfile.mkdtemp(prefix="dmh-restored-")))
+    # Paths are relative to the trial's working folder (Tune's cwd for the trial), and per trial in case it is not.
+    resume_from = session.restore(Path("dmh-restored") / trial_id)
     local = Path(cfg.run_dir) / run_name(cfg) / "checkpoint.pt"
     if resume_from is None and local.exists():
         resume_from = local

@@ -162,6 +162,9 @@ def test_an_interrupted_driver_resumes_to_the_same_runs_without_duplicates(ray_s
                 break
             time.sleep(0.2)
         assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        # the script's own Ray (started by connect_ray, not by this module's fixture) is on loopback only too
+        sockets = listening_sockets(descendants(driver.pid))
+        assert sockets and {ip for _, ip in sockets} <= LOOPBACK, sockets
         driver.send_signal(signal.SIGINT)
         stderr = driver.communicate(timeout=90)[1].decode()
     finally:
