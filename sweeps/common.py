@@ -388,7 +388,7 @@ def run_trial(config: dict[str, Any], session: TrialSession) -> None:
         record_out_of_memory(cfg, uri, tags, exc)
         session.report({"step": last["step"], "oom": 1})
         return
-    set_tag(uri, result.run_id, "status_detail", "completed")
+    mark_completed(uri, result.run_id, log_oom=config["oom_is_result"])
     session.report({"step": result.steps, "train/loss": result.final_loss,
                     "eval/last_return": result.evaluation.last_return,
                     "time/online_min": result.evaluation.online_seconds / 60,
@@ -475,11 +475,15 @@ def close_unfinished_runs(uri: str, experiment: str, sweep_run: str) -> int:
     return closed
 
 
-def set_tag(uri: str, run_id: str | None, key: str, value: str) -> None:
+def mark_completed(uri: str, run_id: str | None, log_oom: bool) -> None:
+    """Tag a run completed; where out-of-memory is a possible outcome, log ``oom=0`` so every run has the metric."""
     from dmh.tracking import open_client
 
     if run_id:
-        open_client(uri).set_tag(run_id, key, value)
+        client = open_client(uri)
+        client.set_tag(run_id, "status_detail", "completed")
+        if log_oom:
+            client.log_metric(run_id, "oom", 0.0)
 
 
 def record_out_of_memory(cfg: Any, uri: str, tags: dict[str, str], exc: BaseException) -> None:

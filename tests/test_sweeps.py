@@ -20,7 +20,6 @@ from sweeps import common
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # the second is how a dual-stack socket shows an IPv4 loopback bind
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +94,7 @@ SMOKE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SMOKE))
 def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values(ray_session, workdir, name):
     extra, keys, expected = SMOKE[name]
@@ -105,10 +105,14 @@ def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values(ray_
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all(r.data.tags["sweep"] == name and r.data.tags["status_detail"] == "completed" for r in runs)
     assert len({r.data.tags["trial_id"] for r in runs}) == len(runs)
-    assert all("eval/last_return" in r.data.metrics for r in runs)
+    assert all({"eval/last_return", "time/online_min", "time/offline_h_per_10k_updates"} <= set(r.data.metrics)
+               for r in runs)
+    if name == "tmaze":
+        assert all(r.data.metrics["oom"] == 0 for r in runs)
     assert_ray_listens_only_on_loopback()
 
 
+@pytest.mark.slow
 def test_optuna_search_with_asha_leaves_one_run_per_sample_none_running(ray_session, workdir):
     from sweeps import tune
 
@@ -122,6 +126,7 @@ def test_optuna_search_with_asha_leaves_one_run_per_sample_none_running(ray_sess
     assert len({(r.data.params["lr"], r.data.params["c"], r.data.params["model.d_model"]) for r in runs}) > 1
 
 
+@pytest.mark.slow
 def test_a_sigkilled_trial_worker_is_retried_from_its_checkpoint_in_the_same_run(ray_session, workdir):
     script = importlib.import_module("sweeps.c_sensitivity")
     argv = ["--preset", "smoke", "--set", "steps=40", "--set", "checkpoint_every=3"]
@@ -150,6 +155,7 @@ def test_a_sigkilled_trial_worker_is_retried_from_its_checkpoint_in_the_same_run
     assert max(m.step for m in client.get_metric_history(continued.info.run_id, "train/loss")) == 40
 
 
+@pytest.mark.slow
 def test_an_interrupted_driver_resumes_to_the_same_runs_without_duplicates(ray_session, workdir):
     argv = [sys.executable, str(REPO / "sweeps" / "c_sensitivity.py"), "--preset", "smoke", "--c", "1", "5", "10",
             "--ray-address", "local", "--max-concurrent", "1", "--set", "steps=30", "--set", "checkpoint_every=3"]
@@ -234,7 +240,8 @@ class FakeSession(common.TrialSession):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--c", "0", "5"], "every c must be a positive integer"),
     (["--seeds", "0"], "--seeds must be a positive integer"),
-    (["--storage", "{file}"], "cannot be written"),
+    (["--storage", "{file}"], "cannot be written: Not a directory"),
+    (["--storage", "nosuchscheme://bucket/sweeps"], "cannot be written: Unrecognized filesystem type"),
     (["--set", "steps=-1"], "steps must be a positive integer"),
     (["--preset", "paper", "--d4rl-dir", "{empty}"], "D4RL data missing for 3 dataset(s): hopper-medium-expert-v2"),
 ])
