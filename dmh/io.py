@@ -36,3 +36,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def open_hdf5(path: Path, what: str):  # -> h5py.File (h5py imported lazily: not every caller needs it)
+    """Open an HDF5 file read-only; a missing path, a folder or a truncated/corrupt file is one ``DmhError``."""
+    import h5py
+
+    if path.is_dir():
+        raise DmhError(f"{path} is a directory, not {what}")
+    if not path.is_file():
+        raise DmhError(f"{what} {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DmhError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from None

@@ -38,7 +38,7 @@ from dmh.envs.mujoco import (
     parse_d4rl_name,
 )
 from dmh.errors import DmhError
-from dmh.io import atomic_path, check_writable_output
+from dmh.io import atomic_path, check_writable_output, open_hdf5
 
 __all__ = [
     "D4RL_DATASETS",
@@ -176,15 +176,7 @@ def episodes_from_arrays(name: str, arrays: Mapping[str, Any], source: str) -> E
 
 def _read_hdf5(name: str, path: Path) -> EpisodeDataset:
     """Read a raw D4RL HDF5 file; a corrupt file, a missing key or bad values are a ``DmhError``."""
-    if path.is_dir():
-        raise DmhError(f"{path} is a directory, not a D4RL HDF5 file")
-    if not path.is_file():
-        raise DmhError(f"D4RL file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DmhError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from None
-    with f:
+    with open_hdf5(path, "D4RL file") as f:
         try:
             missing = [k for k in D4RL_STEP_KEYS if not isinstance(f.get(k), h5py.Dataset)]
             arrays = {k: f[k][()] for k in D4RL_STEP_KEYS if k not in missing}

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from dmh.errors import DmhError
-from dmh.io import atomic_path
+from dmh.io import atomic_path, open_hdf5
 
 FORMAT_VERSION = 1
 STEP_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -161,13 +161,7 @@ def save_dataset(dataset: EpisodeDataset, path: str | os.PathLike) -> Path:
 def load_dataset(path: str | os.PathLike) -> EpisodeDataset:
     """Read and validate a dataset file; every problem is a ``DmhError`` naming the file and what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise DmhError(f"dataset file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DmhError(f"{path} is not a readable HDF5 file (truncated or corrupt): {exc}") from None
-    with f:
+    with open_hdf5(path, "dataset file") as f:
         missing = [k for k in REQUIRED_KEYS if k not in f]
         if missing:
             raise DmhError(f"{path} lacks required key(s): {', '.join(missing)}")
