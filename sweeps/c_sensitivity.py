@@ -46,8 +46,9 @@ SWEEP = Sweep(
     name="c_sensitivity",
     description="DM-H with c in {1, 5, 10, 15, 20} (paper Fig. 4b)",
     grid=grid,
-    # cpu: 600 updates keep the five trials (two at a time) inside 15 minutes on 2 CPUs
-    preset_sets={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}},
+    # cpu: 400 updates keep the five trials (two at a time) inside 15 minutes on 2 CPUs even when the cores are
+    # shared (600 took 19 minutes beside three other training processes; docs/sweeps.md)
+    preset_sets={"cpu": {"steps": 400, "checkpoint_every": 100, "eval_tasks": 8}},
     add_arguments=add_arguments,
 )
 
