@@ -81,7 +81,7 @@ def _cmd_data_show(args: argparse.Namespace) -> None:
     from dmh.data.format import load_dataset
 
     dataset = load_dataset(args.path)
-    print(json.dumps({k: v for k, v in dataset.metadata.items()}, indent=2, default=str))
+    print(json.dumps(dataset.metadata, indent=2, default=str))
     returns = dataset.episode_returns
     print(f"returns: min {returns.min():.3f} mean {returns.mean():.3f} max {returns.max():.3f}")
     if dataset.metadata.get("generator", {}).get("name") == "tabular_q_learning":

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python sweeps/c_sensitivity.py`, or a copy run by `ray submit` with $DMH_REPO set
     sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
 
-from sweeps.common import Sweep, SweepError, main, product
+from sweeps.common import Sweep, main, positive_values, product
 
 PAPER_C = (1, 5, 10, 15, 20)
 TASKS = {
@@ -35,10 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def grid(args: argparse.Namespace) -> list:
-    values = args.c if args.c is not None else C_VALUES[args.preset]
-    bad = [c for c in values if c <= 0]
-    if bad:
-        raise SweepError(f"--c: every c must be a positive integer (steps per sub-goal), got {bad}")
+    values = positive_values("--c", args.c if args.c is not None else C_VALUES[args.preset],
+                             "every c must be a positive integer (steps per sub-goal)")
     return product(["dmh"], TASKS[args.preset], args.seeds, [{"c": c} for c in values])
 
 

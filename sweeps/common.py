@@ -47,6 +47,15 @@ class SweepError(DmhError):
     """A bad sweep argument, reported before Ray starts."""
 
 
+def positive_values(option: str, values: Iterable[int], what: str) -> list[int]:
+    """The swept values of ``option``, or a ``SweepError`` naming the non-positive ones."""
+    values = list(values)
+    bad = [v for v in values if v <= 0]
+    if bad:
+        raise SweepError(f"{option}: {what}, got {bad}")
+    return values
+
+
 # ----------------------------------------------------------------------------------------------------- declarations
 @dataclass(frozen=True)
 class Trial:

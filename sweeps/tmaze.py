@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python sweeps/tmaze.py`, or a copy run by `ray submit` with $DMH_REPO set
     sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
 
-from sweeps.common import Sweep, SweepError, main, product
+from sweeps.common import Sweep, main, positive_values, product
 
 ALGOS = ("dmh", "dm", "dt")
 LENGTHS = {"smoke": (20,), "cpu": (20, 50), "paper": (1000, 2000, 5000, 10_000, 20_000)}
@@ -30,10 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def grid(args: argparse.Namespace) -> list:
-    lengths = args.lengths if args.lengths is not None else LENGTHS[args.preset]
-    bad = [n for n in lengths if n <= 0]
-    if bad:
-        raise SweepError(f"--lengths: memory lengths must be positive, got {bad}")
+    lengths = positive_values("--lengths", args.lengths if args.lengths is not None else LENGTHS[args.preset],
+                              "memory lengths must be positive")
     return product(ALGOS, [f"tmaze-{n}" for n in lengths], args.seeds)
 
 

@@ -32,7 +32,7 @@ from dmh.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from dmh.training.config import TrainConfig, resolved, to_yaml, validate
+from dmh.training.config import TrainConfig, resolved, validate
 from dmh.training.contexts import ContextSampler, ContextSpec
 
 log = logging.getLogger("dmh")
@@ -237,7 +237,3 @@ class Trainer:
 def offline_hours_per_10k(train_seconds: float, steps: int) -> float:
     """The paper's Table 4 unit: hours per 10k gradient updates."""
     return train_seconds / max(steps, 1) * 10_000 / 3600
-
-
-def config_yaml(cfg: TrainConfig) -> str:
-    return to_yaml(cfg)
