@@ -251,7 +251,7 @@ def check_storage(storage: str) -> str:
 
 def check_d4rl_data(tasks: Iterable[str], d4rl_dir: str | None) -> None:
     """Every D4RL dataset the grid needs is on disk (the d4rl cache or a local Minari copy), else a clear error."""
-    from dmh.data.d4rl import _minari_local_dir, d4rl_cache_path, minari_dataset_id
+    from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 
     previous = os.environ.get("D4RL_DATASET_DIR")
     missing = []
@@ -259,10 +259,7 @@ def check_d4rl_data(tasks: Iterable[str], d4rl_dir: str | None) -> None:
         if d4rl_dir:
             os.environ["D4RL_DATASET_DIR"] = d4rl_dir
         for task in sorted(t for t in tasks if t in D4RL_DATASETS):
-            # _minari_local_dir is dmh's own rule for where Minari keeps a dataset; reading the data just to check
-            # that it exists would cost minutes for nine 1M-step datasets.
-            minari = _minari_local_dir(minari_dataset_id(task)) / "data"
-            if not d4rl_cache_path(task).exists() and not minari.is_dir():
+            if not d4rl_available(task):
                 missing.append(f"{task} ({d4rl_cache_path(task)})")
     finally:
         if d4rl_dir:

@@ -50,6 +50,24 @@ def test_interrupted_and_resumed_training_ends_with_exactly_the_uninterrupted_pa
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+@pytest.mark.parametrize("algo", ["dmh", "ad-transformer"])
+def test_a_checkpoint_made_on_one_device_resumes_on_another_and_auto_picks_this_machines(workdir, algo):
+    first = Trainer(smoke(algo, steps=4, checkpoint_every=2, device="cpu"))
+    assert first.fit(stop_after=2) is None
+    resumed = Trainer(smoke(algo, steps=4, checkpoint_every=2, device="auto"))
+    assert resumed.resume_if_possible() and resumed.step == 2
+    assert next(resumed.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resumed.fit().steps == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("algo", ALGOS)
+def test_training_on_cuda_keeps_the_model_and_its_batches_on_the_gpu(workdir, algo):
+    trainer = Trainer(smoke(algo, steps=2, device="cuda"))
+    result = trainer.fit()
+    assert next(trainer.model.parameters()).is_cuda and result.evaluation.returns.shape[0] > 0
+
+
 def test_same_seed_gives_identical_losses_and_returns_and_another_seed_differs(workdir):
     runs = [Trainer(smoke(seed=s, run_dir=f"r{i}")) for i, s in enumerate([0, 0, 1])]
     results = [t.fit() for t in runs]
@@ -129,6 +147,9 @@ def test_sigterm_ends_the_run_killed_and_resume_finishes_it(workdir):
     (["--algo", "dmh", "--task", "darkroom", "--set", "model.wings=2"], "model: unknown field(s) wings"),
     (["--algo", "dmh", "--task", "tmaze-0"], "memory_length must be a positive integer"),
     (["--algo", "dmh", "--task", "darkroom", "--config", "missing.yaml"], "config file missing.yaml does not exist"),
+    (["--algo", "dmh", "--task", "darkroom", "--set", "device=gpu"], "device must be auto, cpu, cuda or cuda:N"),
+    *([(["--algo", "dmh", "--task", "darkroom", "--set", "device=cuda"], "torch sees no CUDA GPU here")]
+      if not torch.cuda.is_available() else []),
 ])
 def test_bad_configuration_is_rejected_before_any_work_naming_the_field(workdir, capsys, argv, message):
     assert main(["train", "--preset", "smoke", *argv]) == 2

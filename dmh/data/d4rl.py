@@ -106,6 +106,12 @@ def _minari_local_dir(dataset_id: str) -> Path:
     return Path(root).expanduser() / dataset_id
 
 
+def d4rl_available(name: str) -> bool:
+    """Whether dataset ``name`` is on disk (the d4rl cache file or a local Minari copy), checked without reading it:
+    reading nine 1M-step datasets only to see that they exist would cost minutes."""
+    return d4rl_cache_path(name).exists() or (_minari_local_dir(minari_dataset_id(name)) / "data").is_dir()
+
+
 # ----------------------------------------------------------------------------------------------------- conversion
 def episodes_from_arrays(name: str, arrays: Mapping[str, Any], source: str) -> EpisodeDataset:
     """Check D4RL-layout step arrays of dataset ``name`` and convert them to an ``EpisodeDataset``.

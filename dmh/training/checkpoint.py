@@ -78,7 +78,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         raise DmhError(f"{source} is from a different architecture: {' '.join(s.strip() for s in first)}") from None
 
 
+# Where a run executes, not what it computes: a checkpoint made on a GPU may continue on a CPU and vice versa.
+RUNTIME_FIELDS = ("threads", "device")
+
+
 def config_differences(saved: dict[str, Any], current: Any) -> list[str]:
-    """Fields whose values differ between a saved config dict and the current config dataclass."""
+    """Fields whose values differ between a saved config dict and the current config dataclass (runtime fields
+    such as the device excepted)."""
     now = dataclasses.asdict(current)
-    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    return sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))

@@ -4,10 +4,12 @@ overrides on top, validated as a whole before any work starts. The resolved conf
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from dmh.errors import DmhError
@@ -58,6 +60,7 @@ class TrainConfig:
     run_dir: str = "runs"  # checkpoints go to <run_dir>/<run name>/
     experiment: str = "dmh"  # MLflow experiment
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    device: str = "auto"  # where the model trains and acts: auto (cuda when torch sees a GPU, else cpu), cpu, cuda[:N]
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the model config (d_model, n_layer, …)
 
 
@@ -184,6 +187,7 @@ def validate(cfg: TrainConfig) -> TaskSpec:
         raise DmhError("checkpoint_every and log_every must be positive")
     if cfg.context_sampling not in ("auto", "window", "random"):
         raise DmhError(f"context_sampling must be auto, window or random, got {cfg.context_sampling!r}")
+    check_device(cfg.device)
     allowed = {f.name for f in dataclasses.fields(config_class(cfg.algo))} - {"obs_dim", "act_dim", "discrete"}
     unknown = sorted(set(cfg.model) - allowed)
     if unknown:
@@ -193,3 +197,21 @@ def validate(cfg: TrainConfig) -> TaskSpec:
 
 def to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Whether CUDA is there is checked by :func:`torch_device` on the
+    machine that trains: a sweep's driver on a CPU-only head node validates trials meant for GPU workers."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise DmhError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def torch_device(device: str) -> torch.device:
+    """The torch device of a config's ``device`` field, resolved on this machine (``auto``: cuda if torch sees a
+    GPU); asking for CUDA where there is none is a ``DmhError``."""
+    check_device(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DmhError(f"device {device}: torch sees no CUDA GPU here (use device=auto or device=cpu)")
+    return torch.device(device)

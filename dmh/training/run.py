@@ -16,7 +16,7 @@ from dmh.errors import DmhError
 from dmh.evaluation.online import EvalResult
 from dmh.tracking import TrackedRun
 from dmh.training.checkpoint import load_checkpoint, model_from_checkpoint
-from dmh.training.config import TrainConfig, resolved, to_yaml
+from dmh.training.config import TrainConfig, resolved, to_yaml, torch_device
 from dmh.training.train import Trainer, TrainResult, offline_hours_per_10k, run_name
 
 log = logging.getLogger("dmh")
@@ -92,7 +92,7 @@ def evaluate_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None,
     from dmh.evaluation.online import evaluate_online
     from dmh.tasks import resolve_task
 
-    model = model_from_checkpoint(payload)
+    model = model_from_checkpoint(payload).to(torch_device("auto"))  # this machine's GPU if it has one
     spec = resolve_task(cfg.task)
     result = evaluate_online(model, spec, payload["obs_mean"].numpy(), payload["obs_std"].numpy(),
                              n_tasks=n_tasks or cfg.eval_tasks, episodes=episodes or cfg.eval_episodes,

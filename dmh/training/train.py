@@ -26,13 +26,14 @@ from dmh.models import build_model, config_class
 from dmh.progress import progress
 from dmh.tasks import TaskSpec, task_dataset
 from dmh.training.checkpoint import (
+    RUNTIME_FIELDS,
     config_differences,
     load_checkpoint,
     restore_rng,
     rng_state,
     save_checkpoint,
 )
-from dmh.training.config import TrainConfig, resolved, validate
+from dmh.training.config import TrainConfig, resolved, torch_device, validate
 from dmh.training.contexts import ContextSampler, ContextSpec
 
 log = logging.getLogger("dmh")
@@ -48,8 +49,10 @@ def seed_everything(seed: int) -> None:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run."""
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run (on any
+    device and thread count: those do not change what a run computes)."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
     _, n, c = resolved(cfg)
     return f"{cfg.algo}_{cfg.task}_n{n}_c{c}_s{cfg.seed}_{digest}"
 
@@ -110,6 +113,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, tracker: Any = None,
                  on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None) -> None:
         self.spec = validate(cfg)
+        self.device = torch_device(cfg.device)  # before any work: cuda on a machine without it fails here
         self.cfg = cfg
         self.tracker = tracker
         self.on_checkpoint = on_checkpoint  # called after every checkpoint (path, step, metrics): Ray Tune reporting
@@ -122,7 +126,7 @@ class Trainer:
         self.sampler = ContextSampler(self.data, context_spec(cfg, self.spec, self.data), self.obs_mean, self.obs_std,
                                       seed=cfg.seed)
         self.model_cfg = model_config(cfg, self.spec)
-        self.model = build_model(cfg.algo, self.model_cfg)
+        self.model = build_model(cfg.algo, self.model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
@@ -182,7 +186,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------- training
     def train_step(self) -> float:
         self.model.train()
-        batch = self.sampler.sample(self.cfg.batch_size)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample(self.cfg.batch_size).items()}
         loss, _ = self.model.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
