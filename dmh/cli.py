@@ -178,26 +178,53 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=_cmd_evaluate)
 
 
+def _cmd_report(argv: list[str]) -> int:
+    """``python -m analysis.make_all`` under the ``dmh`` command. ``analysis/`` sits on top of the library and is not
+    installed with it, so it is found beside this package in the checkout (``pip install -e .``)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "analysis" / "make_all.py").exists():
+        raise DmhError(f"dmh report needs the dmh repository checkout (no analysis/ beside {root / 'dmh'}): install "
+                       "with `pip install -e .` from a clone, or run `python -m analysis.make_all` there")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from analysis.make_all import main as make_all
+
+    return make_all(argv)
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    # listed for --help only: main() hands everything after "report" to analysis.make_all, which parses it
+    sub.add_parser("report", add_help=False, help="regenerate the paper's tables and figures from MLflow runs "
+                   "(analysis.make_all; `dmh report --help` for its options)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmh", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_parser(sub)
     _add_train_parsers(sub)
+    _add_report_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        try:
+            return _cmd_report(argv[1:])
+        except DmhError as exc:
+            print(f"dmh: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
                         stream=sys.stderr)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except DmhError as exc:
         print(f"dmh: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

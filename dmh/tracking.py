@@ -61,7 +61,7 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
-def _local_sqlite_path(uri: str) -> Path | None:
+def local_sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for other stores (servers, databases elsewhere)."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -78,7 +78,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     started from another directory would scatter artifacts; tying them to the database keeps a store in one folder.
     The folder is named after the experiment because MLflow assigns the id only after the location is fixed.
     """
-    db = _local_sqlite_path(uri)
+    db = local_sqlite_path(uri)
     if db is None:
         return None
     folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
@@ -90,7 +90,7 @@ def open_client(tracking_uri: str) -> Any:
     that start at once (parallel sweep trials) would otherwise race on MLflow's schema creation and fail."""
     from mlflow import MlflowClient
 
-    db = _local_sqlite_path(tracking_uri)
+    db = local_sqlite_path(tracking_uri)
     if db is None:
         return MlflowClient(tracking_uri=tracking_uri)
     import fcntl

@@ -1,0 +1,153 @@
+"""MLflow runs → two tidy tables, cached as CSV so every later stage works without a tracking server.
+
+- ``runs.csv``: one row per trial (the latest completed run of each trial key), plus the latest unfinished run of a
+  trial that never completed, so the report can say why a number is missing. Columns: identity (run id, experiment,
+  sweep), the trial's settings (algo, task, seed, preset, steps, c, n_context, valuable_subgoals, eval tasks and
+  episodes), its outcome and the per-run scalars the paper reports.
+- ``curves.csv``: one row per completed run and online episode: the in-context curve (``eval/return``, mean over
+  test tasks), ``episode`` counted from 1.
+
+A trial key is the experiment plus every logged setting except where and how a run executed (device, threads,
+folders, the Mamba backend): rerunning a trial replaces its earlier result ("latest wins"), while two seeds or two
+values of c stay two trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from dmh.errors import DmhError
+from dmh.io import atomic_path
+
+# Params that say where or how a run executed, not what it computed: excluded from the trial key.
+RUNTIME_PARAMS = {"threads", "device", "run_dir", "data_dir", "backend", "experiment", "model.mamba_backend"}
+# Per-run scalars: column → MLflow metric (latest value).
+SCALARS = {
+    "last_return": "eval/last_return",
+    "normalized_score": "eval/normalized_score",
+    "online_min": "time/online_min",
+    "offline_h_per_10k": "time/offline_h_per_10k_updates",
+    "oom": "oom",
+}
+SETTINGS = {  # column → param, with its type
+    "algo": str, "task": str, "seed": int, "preset": str, "steps": int, "c": int, "n_context": int,
+    "valuable_subgoals": bool, "eval_tasks": int, "eval_episodes": int,
+}
+RUN_COLUMNS = ["run_id", "experiment", "sweep", "trial_key", *SETTINGS, "outcome", "status_detail", *SCALARS,
+               "end_time"]
+CURVE_COLUMNS = ["run_id", "episode", "return"]
+
+
+@dataclass
+class Export:
+    """What the report is built from."""
+
+    runs: pd.DataFrame  # RUN_COLUMNS, one row per trial
+    curves: pd.DataFrame  # CURVE_COLUMNS, completed runs only
+    source: dict  # tracking URI, experiments, export time: written to meta.json and quoted in the report
+
+
+def outcome(status: str, tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """completed (FINISHED with a final evaluation), out_of_memory (a recorded result), or the MLflow status in
+    lower case (killed, failed, running, finished-without-evaluation → ``unevaluated``)."""
+    if tags.get("status_detail") == "out_of_memory" or metrics.get("oom") == 1:
+        return "out_of_memory"
+    if status == "FINISHED":
+        return "completed" if "eval/last_return" in metrics else "unevaluated"
+    return status.lower()
+
+
+def trial_key(experiment: str, params: dict[str, str]) -> str:
+    kept = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
+    return hashlib.sha256(json.dumps([experiment, kept], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _typed(value: str | None, kind: type) -> object:
+    if value is None or value == "":
+        return None
+    if kind is bool:
+        return value.strip().lower() == "true"
+    if kind is int:
+        return int(float(value))
+    return value
+
+
+def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Export:
+    """Read every run of ``experiments`` (default: every experiment in the store) and keep one per trial key."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from dmh.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    if experiments:
+        found = {name: client.get_experiment_by_name(name) for name in experiments}
+        missing = [name for name, exp in found.items() if exp is None]
+        if missing:
+            raise DmhError(f"no MLflow experiment named {', '.join(missing)} in {tracking_uri}")
+        chosen = list(found.values())
+    else:
+        chosen = [e for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY) if e.name != "Default"]
+    rows = []
+    for exp in chosen:
+        for run in client.search_runs([exp.experiment_id], max_results=50_000, run_view_type=ViewType.ACTIVE_ONLY):
+            params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+            row = {"run_id": run.info.run_id, "experiment": exp.name, "sweep": tags.get("sweep") or exp.name,
+                   "trial_key": trial_key(exp.name, params),
+                   **{col: _typed(params.get(col) or tags.get(col), kind) for col, kind in SETTINGS.items()},
+                   "outcome": outcome(run.info.status, tags, metrics), "status_detail": tags.get("status_detail", ""),
+                   **{col: metrics.get(name, math.nan) for col, name in SCALARS.items()},
+                   "end_time": run.info.end_time or run.info.start_time or 0}
+            rows.append(row)
+    runs = latest_per_trial(pd.DataFrame(rows, columns=RUN_COLUMNS))
+    curves = []
+    for run_id in runs.loc[runs["outcome"] == "completed", "run_id"]:
+        history = client.get_metric_history(run_id, "eval/return")
+        curves += [(run_id, m.step + 1, m.value) for m in history]
+    curve_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "episode"], ignore_index=True)
+    source = {"tracking_uri": tracking_uri, "experiments": [e.name for e in chosen],
+              "exported_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
+    return Export(runs, curve_frame, source)
+
+
+def latest_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial key: its latest result (completed or out of memory) if it has one, else its latest run."""
+    if runs.empty:
+        return runs
+    result = runs["outcome"].isin(["completed", "out_of_memory"])
+    ranked = runs.assign(_result=result).sort_values(["trial_key", "_result", "end_time"])
+    return ranked.groupby("trial_key").tail(1).drop(columns="_result").sort_values(
+        ["sweep", "task", "algo", "seed"], ignore_index=True)
+
+
+def save_export(export: Export, folder: Path) -> None:
+    """Write ``runs.csv``, ``curves.csv`` and ``meta.json`` into ``folder``, each atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "runs.csv") as tmp:
+        export.runs.to_csv(tmp, index=False)
+    with atomic_path(folder / "curves.csv") as tmp:
+        export.curves.to_csv(tmp, index=False)
+    with atomic_path(folder / "meta.json") as tmp:
+        Path(tmp).write_text(json.dumps(export.source, indent=2) + "\n")
+
+
+def load_export(folder: Path) -> Export:
+    """Read a cached export; a missing or malformed cache is a ``DmhError`` naming the file."""
+    paths = {name: folder / name for name in ("runs.csv", "curves.csv", "meta.json")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise DmhError(f"no cached export: {', '.join(missing)} missing (run without --from-cache first)")
+    runs = pd.read_csv(paths["runs.csv"], keep_default_na=True)
+    curves = pd.read_csv(paths["curves.csv"])
+    for frame, columns, name in ((runs, RUN_COLUMNS, "runs.csv"), (curves, CURVE_COLUMNS, "curves.csv")):
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise DmhError(f"{folder / name} lacks column(s) {', '.join(absent)}: re-export it")
+    runs["status_detail"] = runs["status_detail"].fillna("")
+    return Export(runs, curves, json.loads(paths["meta.json"].read_text()))

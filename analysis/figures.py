@@ -1,0 +1,130 @@
+"""The paper's figures from cells (:mod:`analysis.compare`): this project's mean ± s.e. over seeds as solid lines
+with bands (or solid bars with error bars), the paper's published values beside them as hollow markers on dashed
+lines (or hollow markers with the paper's error-bar range). Missing data is drawn as missing: a panel or bar
+without this project's runs says why in the plot ("no runs", "out of memory"), never as a zero.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from analysis.tables import ALGO_LABELS, task_label
+from dmh.io import atomic_path
+
+COLORS = {"dmh": "tab:red", "ad-mamba": "tab:cyan", "ad-transformer": "tab:orange", "dm": "tab:blue",
+          "dt": "tab:green", "with_subgoals": "tab:red", "without_subgoals": "tab:gray"}
+MARKERS = {"dmh": "o", "ad-mamba": "x", "ad-transformer": "s", "dm": "^", "dt": "D"}
+VARIANT_LABELS = {"with_subgoals": "with valuable sub-goals", "without_subgoals": "without valuable sub-goals"}
+
+
+def series_label(key: str) -> str:
+    return ALGO_LABELS.get(key, VARIANT_LABELS.get(key, key))
+
+
+def save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
+    """``folder/<name>.png`` and ``.pdf``, each written atomically."""
+    paths = []
+    for ext in ("png", "pdf"):
+        path = folder / f"{name}.{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=ext, dpi=130)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def note_missing(ax: plt.Axes, reasons: list[str], nothing: bool) -> None:
+    """Say in the panel what this project lacks: "no runs" when it has nothing here, else per series."""
+    text = "this project: no runs" if nothing else "this project: " + "\n".join(reasons) if reasons else ""
+    if text:
+        ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize=6.5, color="dimgray")
+
+
+def line_panel(ax: plt.Axes, cells: pd.DataFrame, series: str = "algo") -> None:
+    """One panel: per series, ours (line + s.e. band, seeds in the legend) and the paper (hollow, dashed)."""
+    reasons = []
+    for key, group in cells.groupby(series, sort=True):
+        group = group.sort_values("x")
+        color, marker = COLORS.get(key), MARKERS.get(key, "o")
+        done = group[group["n"] > 0]
+        if len(done):
+            x, mean, se = done["x"].to_numpy(float), done["mean"].to_numpy(float), done["se"].to_numpy(float)
+            line, = ax.plot(x, mean, marker=marker, markersize=4, color=color,
+                            label=f"{series_label(key)} ({done['n'].min()}–{done['n'].max()} seeds)"
+                            if done["n"].min() != done["n"].max() else f"{series_label(key)} ({done['n'].max()} seeds)")
+            color = line.get_color()
+            ax.fill_between(x, mean - np.nan_to_num(se), mean + np.nan_to_num(se), color=color, alpha=0.2)
+        for _, row in group[group["n"] == 0].iterrows():
+            if row["reason"] == "out of memory" and not math.isnan(row["x"]):
+                ax.annotate("OOM", (row["x"], 0), xycoords=("data", "axes fraction"), ha="center", fontsize=7,
+                            color=color)
+        missing = group.loc[group["n"] == 0, "reason"].value_counts()
+        if len(missing):
+            reasons.append(f"{series_label(key)}: " + ", ".join(
+                f"{r}" + (f" ({k} points)" if k > 1 and len(done) else "") for r, k in missing.items()))
+        paper = group[group["paper_status"] == "ok"]
+        if len(paper):
+            ax.plot(paper["x"], paper["paper"], linestyle="--", marker=marker, markerfacecolor="none",
+                    color=color, alpha=0.8, label=f"{series_label(key)} paper")
+    note_missing(ax, reasons, nothing=bool((cells["n"] == 0).all()) and (cells["reason"] == "no runs").all())
+
+
+def panels_figure(panels: list[tuple[pd.DataFrame, str, str, str]], shape: tuple[int, int], title: str,
+                  logx: bool = False) -> plt.Figure:
+    """A grid of line panels, each (cells, panel title, x label, y label); lines per algo."""
+    fig, axes = plt.subplots(*shape, figsize=(4.2 * shape[1], 3.3 * shape[0]), squeeze=False)
+    for ax, (frame, name, xlabel, ylabel) in zip(axes.flat, panels, strict=True):
+        line_panel(ax, frame)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def bars_figure(cells: pd.DataFrame, title: str, ylabel: str, series: str = "variant") -> plt.Figure:
+    """Groups per task, one bar per series (ours: mean ± s.e.; missing: an empty slot with its reason), the paper
+    as hollow markers with its error-bar range."""
+    tasks = sorted(cells["task"].unique())
+    keys = sorted(cells[series].unique())
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(tasks) * len(keys) / 2 + 2), 3.6))
+    width = 0.8 / max(1, len(keys))
+    paper_labelled = False
+    for j, key in enumerate(keys):
+        for i, task in enumerate(tasks):
+            hit = cells[(cells["task"] == task) & (cells[series] == key)]
+            if hit.empty:
+                continue
+            row, x = hit.iloc[0], i + (j - (len(keys) - 1) / 2) * width
+            if row["n"] > 0:
+                ax.bar(x, row["mean"], width * 0.9, yerr=0 if math.isnan(row["se"]) else row["se"],
+                       color=COLORS.get(key), capsize=3, label=series_label(key) if i == 0 else None)
+                ax.text(x, row["mean"], f"{row['n']}", ha="center", va="bottom", fontsize=6)
+            else:
+                ax.text(x, 0, row["reason"], rotation=90, ha="center", va="bottom", fontsize=6, color="dimgray")
+            if row["paper_status"] == "ok":
+                low, high = row["paper_low"], row["paper_high"]
+                err = None if math.isnan(low) else [[row["paper"] - low], [high - row["paper"]]]
+                ax.errorbar(x, row["paper"], yerr=err, fmt="D", markerfacecolor="none", color="black",
+                            markersize=5, capsize=2, label=None if paper_labelled else "paper")
+                paper_labelled = True
+    ax.set_xticks(range(len(tasks)), [task_label(t) for t in tasks], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,199 @@
+"""Regenerate every table and figure of the paper from tracked runs, beside the paper's own numbers.
+
+    python -m analysis.make_all [--tracking-uri URI] [--experiments NAME ...] [--out reports/] [--from-cache]
+    dmh report [same options]
+
+1. Export: the runs of the chosen MLflow experiments (default: all) → ``OUT/data/{runs,curves}.csv`` (one row per
+   trial, latest result wins); ``--from-cache`` rebuilds from that cache without a tracking server.
+2. Tables 1, 2, 4 → ``OUT/tables/*.{md,tex,csv}``; Figures 2–6 → ``OUT/figures/*.{png,pdf}``.
+3. For every table and figure a paper-vs-this-project comparison (``OUT/comparison/<view>.{md,csv}``: mean ± s.e.,
+   IQM with a 95 % bootstrap interval, the paper's number, and why anything is missing).
+4. ``OUT/index.md`` links everything and states the scale of every number (preset, gradient updates, seeds, tasks).
+
+A partial sweep still produces everything: cells without runs say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures, tables
+from analysis.compare import GRID_WORLD, VIEWS, cells, scale
+from analysis.export import export_runs, load_export, save_export
+from analysis.paper import load_paper_numbers
+from analysis.stats import CONFIDENCE
+from dmh.errors import DmhError
+from dmh.io import atomic_path, check_writable_output
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One output figure: the views it draws and how."""
+
+    views: tuple[str, ...]
+    draw: Callable[[dict[str, pd.DataFrame]], object]  # view name → cells, to a matplotlib figure
+
+
+def per_task(frame: pd.DataFrame, tasks: list[str], xlabel: str, ylabel: str) -> list[tuple]:
+    return [(frame[frame["task"] == t], tables.task_label(t), xlabel, ylabel) for t in tasks]
+
+
+def fig2(c: dict[str, pd.DataFrame]) -> object:
+    order = [*GRID_WORLD[3:], *GRID_WORLD[:3]]  # the paper's layout: long-horizon tasks on top
+    return figures.panels_figure(per_task(c["fig2"], order, "online episode", "return"), (2, 3), VIEWS["fig2"].title)
+
+
+def fig3(c: dict[str, pd.DataFrame]) -> object:
+    return figures.panels_figure([(c["fig3a"], "(a) return", "memory length", "return"),
+                   (c["fig3b"], "(b) online testing", "memory length", "minutes")], (1, 2),
+                  "Fig. 3: T-maze", logx=True)
+
+
+def fig4b(c: dict[str, pd.DataFrame]) -> object:
+    tasks = sorted(c["fig4b"]["task"].unique())
+    return figures.panels_figure(per_task(c["fig4b"], tasks, "c (steps per sub-goal)", "return / normalised score"),
+                  (1, max(1, len(tasks))), VIEWS["fig4b"].title)
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "fig2_grid_world": FigureSpec(("fig2",), fig2),
+    "fig3_tmaze": FigureSpec(("fig3a", "fig3b"), fig3),
+    "fig4a_subgoal_ablation": FigureSpec(("fig4a",), lambda c: figures.bars_figure(
+        c["fig4a"], VIEWS["fig4a"].title, "return (last online episode)")),
+    "fig4b_c_sensitivity": FigureSpec(("fig4b",), fig4b),
+    "fig5_tmaze_offline_time": FigureSpec(("fig5",), lambda c: figures.panels_figure(
+        [(c["fig5"], "", "memory length", "hours per 10k updates")], (1, 1), VIEWS["fig5"].title, logx=True)),
+    "fig6_d4rl_ablation": FigureSpec(("fig6",), lambda c: figures.bars_figure(
+        c["fig6"], VIEWS["fig6"].title, "normalised score")),
+}
+
+
+def comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """A view's cells as text: ours (mean ± s.e. (seeds), IQM [CI]) beside the paper, with the reasons."""
+    def iqm(row: pd.Series) -> str:
+        if row["n"] == 0:
+            return "—"
+        ci = "" if math.isnan(row["iqm_low"]) else f" [{row['iqm_low']:.3g}, {row['iqm_high']:.3g}]"
+        return f"{row['iqm']:.3g}{ci}"
+
+    return pd.DataFrame({
+        "task": frame["task"].map(tables.task_label), "algo": frame["algo"].map(lambda a: tables.ALGO_LABELS.get(a, a)),
+        "variant": frame["variant"], "x": frame["x"].map(lambda x: "" if math.isnan(x) else f"{x:g}"),
+        "ours mean ± s.e. (seeds)": [tables.fmt(m, s, n or None) for m, s, n in
+                                     zip(frame["mean"], frame["se"], frame["n"], strict=True)],
+        f"ours IQM [{CONFIDENCE:.0%} CI]": frame.apply(iqm, axis=1),
+        "paper": frame.apply(tables.paper_fmt, axis=1),
+        "note": [" ; ".join(p for p in (r, "" if s in ("ok", "not in paper") else f"paper: {s}",
+                                        "not in paper" if s == "not in paper" else "") if p)
+                 for r, s in zip(frame["reason"], frame["paper_status"], strict=True)],
+    })
+
+
+def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | None, from_cache: bool,
+                 echo: Callable[[str], None] = print) -> Path:
+    """Everything the module docstring lists; returns ``OUT/index.md``."""
+    data_dir = out / "data"
+    export = load_export(data_dir) if from_cache else export_runs(tracking_uri, experiments)
+    if not from_cache:
+        save_export(export, data_dir)
+    paper = load_paper_numbers()
+    view_cells = {name: cells(export, paper, view) for name, view in VIEWS.items()}
+    written: dict[str, list[Path]] = {}
+    for name, frame in view_cells.items():
+        text = comparison(frame)
+        written[f"comparison/{name}"] = [out / "comparison" / f"{name}.md", out / "comparison" / f"{name}.csv"]
+        with atomic_path(written[f"comparison/{name}"][0]) as tmp:
+            tmp.write_text(f"**{VIEWS[name].title}: paper vs this project**\n\n" + tables.markdown(text))
+        with atomic_path(written[f"comparison/{name}"][1]) as tmp:
+            frame.to_csv(tmp, index=False)
+    built = [tables.table1(view_cells["table1"], view_cells["table1_efficiency"]),
+             tables.table2(view_cells["table2"], paper),
+             tables.table4(view_cells["table4_offline"], view_cells["table4_online"], paper)]
+    for table in built:
+        written[f"tables/{table.name}"] = tables.write_table(table, out / "tables")
+    for name, spec in FIGURES.items():
+        written[f"figures/{name}"] = figures.save(spec.draw(view_cells), out / "figures", name)
+    index = out / "index.md"
+    with atomic_path(index) as tmp:
+        tmp.write_text(index_text(out, export.source, view_cells, written, export))
+    for name, frame in view_cells.items():  # what this run of the report has of its own
+        if (frame["n"] > 0).any():
+            echo(f"\n{VIEWS[name].title}: paper vs this project\n")
+            echo(tables.markdown(comparison(frame[(frame["n"] > 0) | (frame["paper_status"] == "ok")])))
+    return index
+
+
+def index_text(out: Path, source: dict, view_cells: dict[str, pd.DataFrame], written: dict[str, list[Path]],
+               export: object) -> str:
+    lines = ["# DM-H reproduction report", "",
+             f"Built from MLflow store `{source.get('tracking_uri')}`, experiments "
+             f"{', '.join(source.get('experiments', [])) or '(none)'}, exported {source.get('exported_at')}.",
+             "Ours: mean ± standard error over seeds (seeds in brackets), and the interquartile mean with a "
+             f"{CONFIDENCE:.0%} percentile-bootstrap interval. Paper: the published number "
+             "(analysis/paper_numbers.csv, provenance per number). A missing number is shown as missing, with its "
+             "reason.", ""]
+    owners = {f"tables/{t}": views for t, views in
+              (("table1", ("table1", "table1_efficiency")), ("table2", ("table2",)),
+               ("table4", ("table4_offline", "table4_online")))}
+    owners.update({f"figures/{name}": spec.views for name, spec in FIGURES.items()})
+    for output, views in owners.items():
+        links = " · ".join(f"[{p.suffix[1:]}]({p.relative_to(out).as_posix()})" for p in written[output])
+        lines += [f"## {output.split('/')[1]}", "", links, ""]
+        for view in views:
+            frame = view_cells[view]
+            ours = int((frame["n"] > 0).sum())
+            cmp_link = written[f"comparison/{view}"][0].relative_to(out).as_posix()
+            lines.append(f"- **{VIEWS[view].title}** — {ours} of {len(frame)} cells have this project's runs; "
+                         f"[paper vs this project]({cmp_link})")
+            scale_text = "; ".join(f"{k}: {v}" for k, v in scale(export, VIEWS[view]).items())
+            lines.append(f"  - scale: {scale_text}")
+            reasons = frame.loc[frame["reason"] != "", "reason"].value_counts()
+            if len(reasons):
+                lines.append("  - missing or thin: " + ", ".join(f"{r} ×{k}" for r, k in reasons.items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.make_all", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or "
+                        "./mlflow.db)")
+    parser.add_argument("--experiments", nargs="+", default=None, help="experiments to read (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/)")
+    parser.add_argument("--from-cache", action="store_true", help="rebuild from OUT/data without MLflow")
+    args = parser.parse_args(argv)
+    from dmh.tracking import default_tracking_uri
+
+    try:
+        check_writable_output(args.out / "index.md", overwrite=True)  # a report is rebuilt in place
+        uri = args.tracking_uri or default_tracking_uri()
+        if not args.from_cache:
+            check_store(uri)
+        index = build_report(args.out, uri, args.experiments, args.from_cache)
+    except DmhError as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nreport: {index} (tables in {args.out / 'tables'}, figures in {args.out / 'figures'})")
+    return 0
+
+
+def check_store(uri: str) -> None:
+    """A local SQLite store must exist: MLflow would silently create an empty one and the report would be empty."""
+    from dmh.tracking import local_sqlite_path
+
+    db = local_sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise DmhError(f"no MLflow store at {db}: run a sweep first (e.g. python sweeps/c_sensitivity.py), or pass "
+                       "--tracking-uri")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

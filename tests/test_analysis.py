@@ -1,0 +1,246 @@
+"""The report: every table and figure builds from a synthetic MLflow store whose values are known, and the numbers in
+it (means, standard errors, IQM, speed-ups, averages) are checked, as is the way missing data is shown."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from analysis import make_all
+from analysis.export import load_export
+from analysis.stats import bootstrap_ci, iqm, standard_error, summarize
+from dmh.envs.mujoco import D4RL_DATASETS
+
+# ------------------------------------------------------------------------------------------------------- statistics
+
+
+def test_iqm_weights_the_middle_half_including_fractional_ends():
+    assert iqm([7.0]) == 7.0
+    assert iqm([1, 2, 3, 100]) == pytest.approx(2.5)  # the middle two
+    assert iqm([0, 0.5, 0.6, 0.7, 5.0]) == pytest.approx((0.75 * 0.5 + 0.6 + 0.75 * 0.7) / 2.5)
+    ten = np.arange(10.0)  # weights ½,1,1,1,1,½ on values 2..7
+    assert iqm(ten) == pytest.approx((0.5 * 2 + 3 + 4 + 5 + 6 + 0.5 * 7) / 5)
+    assert np.allclose(iqm(np.array([[1.0, 2, 3, 100], [4, 4, 4, 4]]), axis=1), [2.5, 4.0])
+
+
+def test_standard_error_is_sample_std_over_root_n_and_undefined_for_one_seed():
+    assert standard_error([0.2, 0.4, 0.6, 0.8, 1.0]) == pytest.approx(math.sqrt(0.1 / 5))
+    assert math.isnan(standard_error([3.0]))
+
+
+def test_bootstrap_interval_is_reproducible_brackets_the_iqm_and_narrows_with_more_seeds():
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(size=5), rng.normal(size=200)
+    low, high = bootstrap_ci(few)
+    assert (low, high) == bootstrap_ci(few)
+    assert low <= iqm(few) <= high
+    low_m, high_m = bootstrap_ci(many)
+    assert high_m - low_m < high - low
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
+
+
+def test_summary_drops_nans_and_counts_seeds():
+    s = summarize([1.0, math.nan, 3.0])
+    assert (s.n, s.mean) == (2, 2.0)
+    assert summarize([]).n == 0 and math.isnan(summarize([]).mean)
+
+
+# ---------------------------------------------------------------------------------------------------- the MLflow store
+class Store:
+    """Writes runs shaped like ``dmh train``'s into a SQLite MLflow store."""
+
+    def __init__(self, path):
+        self.uri = f"sqlite:///{path}"
+        self.client = MlflowClient(self.uri)
+        self.clock = 1_000_000
+
+    def run(self, sweep, algo, task, seed, *, c=20, subgoals=True, last_return=None, curve=None, score=None,
+            online=None, offline=None, status="FINISHED", oom=False, steps=100, experiment=None):
+        exp = self.client.get_experiment_by_name(experiment or sweep)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment or sweep)
+        self.clock += 1000
+        run = self.client.create_run(exp_id, start_time=self.clock, tags={"sweep": sweep, "algo": algo, "task": task})
+        params = dict(algo=algo, task=task, seed=seed, preset="smoke", steps=steps, c=c, n_context=4,
+                      valuable_subgoals=subgoals, eval_tasks=2, eval_episodes=3, threads=1, run_dir="x")
+        for k, v in params.items():
+            self.client.log_param(run.info.run_id, k, str(v))
+        metrics = {"eval/last_return": last_return, "eval/normalized_score": score, "time/online_min": online,
+                   "time/offline_h_per_10k_updates": offline}
+        for name, value in metrics.items():
+            if value is not None:
+                self.client.log_metric(run.info.run_id, name, value, step=steps)
+        for episode, value in enumerate(curve or []):
+            self.client.log_metric(run.info.run_id, "eval/return", value, step=episode)
+        if oom:
+            self.client.log_metric(run.info.run_id, "oom", 1.0)
+            self.client.set_tag(run.info.run_id, "status_detail", "out_of_memory")
+        self.client.set_terminated(run.info.run_id, status=status, end_time=self.clock + 500)
+        return run.info.run_id
+
+
+C_RETURNS = {1: [0.0, 0.5, 0.6, 0.7, 5.0], 10: [0.2, 0.4, 0.6, 0.8, 1.0]}  # 5 seeds each
+D4RL_DMH = {name: (80.0 + i, 82.0 + i) for i, name in enumerate(D4RL_DATASETS)}  # 2 seeds, mean 81 + i, se 1
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A synthetic store covering every view, and the report built from it."""
+    folder = tmp_path_factory.mktemp("report")
+    store = Store(folder / "mlflow.db")
+    for c, values in C_RETURNS.items():
+        for seed, value in enumerate(values):
+            store.run("c_sensitivity", "dmh", "large-darkroom-hard", seed, c=c, last_return=value, curve=[value])
+    # a rerun of c=10 seed 0 that finished earlier is replaced by the later one (latest wins) ...
+    store.clock -= 10_000_000
+    store.run("c_sensitivity", "dmh", "large-darkroom-hard", 0, c=10, last_return=99.0, curve=[99.0])
+    store.clock += 20_000_000
+    # ... and a trial that never finished is a reason, not a zero
+    store.run("c_sensitivity", "dmh", "large-darkroom-hard", 0, c=15, status="KILLED")
+    for name, (a, b) in D4RL_DMH.items():
+        for seed, value in enumerate((a, b)):
+            store.run("d4rl", "dmh", name, seed, score=value, last_return=value * 30, online=2.0, offline=1.0)
+    for seed, value in enumerate((60.0, 70.0)):  # one AD (Transformer) dataset only
+        store.run("d4rl", "ad-transformer", "hopper-medium-v2", seed, score=value, last_return=1, online=50.0,
+                  offline=3.0 + seed)
+    for seed in range(2):
+        store.run("grid_world", "dmh", "darkroom", seed, last_return=5 + seed, curve=[1 + seed, 3 + seed, 5 + seed],
+                  online=2.0, offline=0.5)
+        store.run("grid_world", "ad-transformer", "darkroom", seed, last_return=2, curve=[1, 2, 2], online=10.0,
+                  offline=0.7)
+    store.run("tmaze", "dmh", "tmaze-20", 0, last_return=1.0, online=0.1, offline=0.2)
+    store.run("tmaze", "dt", "tmaze-20000", 0, oom=True)
+    for subgoals, value in ((True, 0.9), (False, 0.5)):
+        store.run("subgoal_ablation", "dmh", "darkroom-hard", 0, subgoals=subgoals, last_return=value)
+        store.run("subgoal_ablation", "dmh", "hopper-medium-v2", 0, subgoals=subgoals, score=value * 100,
+                  last_return=1)
+    out = folder / "reports"
+    assert make_all.main(["--tracking-uri", store.uri, "--out", str(out)]) == 0
+    return out
+
+
+def read(report, name):
+    return pd.read_csv(report / "comparison" / f"{name}.csv", keep_default_na=True)
+
+
+def test_every_table_and_figure_is_written_and_linked_from_the_index(report):
+    index = (report / "index.md").read_text()
+    for name in ("table1", "table2", "table4"):
+        for ext in ("md", "tex", "csv"):
+            assert (report / "tables" / f"{name}.{ext}").stat().st_size > 0
+            assert f"tables/{name}.{ext}" in index
+    for name in make_all.FIGURES:
+        for ext in ("png", "pdf"):
+            assert (report / "figures" / f"{name}.{ext}").stat().st_size > 1000
+            assert f"figures/{name}.{ext}" in index
+
+
+def test_c_sensitivity_cells_hold_mean_se_and_iqm_over_seeds_with_latest_rerun_winning(report):
+    cells = read(report, "fig4b").set_index(["task", "x"])
+    c1, c10 = cells.loc[("large-darkroom-hard", 1.0)], cells.loc[("large-darkroom-hard", 10.0)]
+    assert (c1["n"], c10["n"]) == (5, 5)
+    assert c1["mean"] == pytest.approx(np.mean(C_RETURNS[1]))
+    assert c1["se"] == pytest.approx(standard_error(C_RETURNS[1]))
+    assert c1["iqm"] == pytest.approx(0.6)  # the outlier seed (5.0) barely moves it; the mean is 1.36
+    assert c1["iqm_low"] <= c1["iqm"] <= c1["iqm_high"]
+    assert c10["mean"] == pytest.approx(0.6)  # the earlier 99.0 rerun of seed 0 is ignored
+    assert c10["paper"] == pytest.approx(0.96)  # the paper's digitised value at c = 10
+
+
+def test_a_cell_whose_runs_did_not_finish_is_missing_with_the_reason_not_zero(report):
+    cells = read(report, "fig4b").set_index(["task", "x"])
+    c15 = cells.loc[("large-darkroom-hard", 15.0)]
+    assert c15["n"] == 0 and math.isnan(c15["mean"]) and c15["reason"] == "not finished (killed ×1)"
+    hopper = cells.loc[("hopper-medium-v2", 10.0)]  # the paper has it, we have no runs
+    assert hopper["n"] == 0 and hopper["reason"] == "no runs" and hopper["paper"] == pytest.approx(83.2)
+    md = (report / "comparison" / "fig4b.md").read_text()
+    assert "— (no runs)" not in md or "0.00 ±" not in md.split("Hopper medium")[1].splitlines()[0]
+
+
+def test_table2_reports_mean_se_per_dataset_and_the_total_average_only_when_complete(report):
+    numbers = pd.read_csv(report / "tables" / "table2.csv")
+    dmh = numbers[numbers["algo"] == "dmh"].set_index("task")
+    for i, name in enumerate(D4RL_DATASETS):
+        assert dmh.loc[name, "mean"] == pytest.approx(81.0 + i)
+        assert dmh.loc[name, "se"] == pytest.approx(1.0)  # two seeds 2 apart: std √2, se 1
+    text = (report / "tables" / "table2.md").read_text()
+    total = next(line for line in text.splitlines() if line.startswith("| Total average"))
+    assert f"{np.mean([81.0 + i for i in range(9)]):.2f} ± {1 / 3:.2f} (2)" in total  # √(9·1²)/9 = 1/3
+    assert "87.53 ± 0.59" in total  # the paper's printed DM-H total
+    assert "— (1 of 9 datasets)" in total  # AD (Transformer) has one dataset: no average
+    assert "— (0 of 9 datasets)" in total  # DT has none
+
+
+def test_table4_speedup_is_the_ratio_of_online_minutes_and_the_papers_is_recomputed(report):
+    numbers = pd.read_csv(report / "tables" / "table4.csv")
+    speed = numbers[numbers["part"] == "speedup_online"].set_index("task")
+    assert speed.loc["darkroom", "mean"] == pytest.approx(10.0 / 2.0)
+    assert speed.loc["hopper", "mean"] == pytest.approx(50.0 / 2.0)  # families pool their datasets
+    assert speed.loc["halfcheetah", "paper"] == pytest.approx(173.11 / 6.21)
+    assert math.isnan(speed.loc["large-darkroom", "mean"])
+    offline = numbers[(numbers["part"] == "offline") & (numbers["algo"] == "ad-transformer")].set_index("task")
+    assert offline.loc["hopper", "mean"] == pytest.approx(3.5) and offline.loc["hopper", "n"] == 2
+    text = (report / "tables" / "table4.md").read_text()
+    assert "5.0×" in text and "(printed 28×)" in text
+
+
+def test_table1_compares_the_ad_backbones_on_score_and_hours(report):
+    numbers = pd.read_csv(report / "tables" / "table1.csv")
+    effect = numbers[(numbers["part"] == "effectiveness") & (numbers["algo"] == "ad-transformer")]
+    hopper = effect.set_index("task").loc["hopper-medium-v2"]
+    assert hopper["mean"] == pytest.approx(65.0) and hopper["paper"] == pytest.approx(72.58)
+    assert "\\begin{tabular}" in (report / "tables" / "table1.tex").read_text()
+
+
+def test_grid_world_curves_are_averaged_per_episode(report):
+    cells = read(report, "fig2")
+    dmh = cells[(cells["task"] == "darkroom") & (cells["algo"] == "dmh") & (cells["n"] > 0)].set_index("x")
+    assert list(dmh.index) == [1.0, 2.0, 3.0]
+    assert list(dmh["mean"]) == pytest.approx([1.5, 3.5, 5.5])
+    assert list(dmh["se"]) == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_out_of_memory_is_a_result_shown_as_such(report):
+    cells = read(report, "fig3a").set_index(["algo", "x"])
+    assert cells.loc[("dt", 20000.0), "reason"] == "out of memory"
+    assert cells.loc[("dt", 20000.0), "paper_status"] == "out_of_memory"
+    assert cells.loc[("dmh", 20.0), "mean"] == 1.0 and cells.loc[("dmh", 20.0), "paper_status"] == "not in paper"
+
+
+def test_subgoal_ablation_splits_with_and_without_valuable_subgoals(report):
+    grid = read(report, "fig4a").set_index(["task", "variant"])
+    assert grid.loc[("darkroom-hard", "with_subgoals"), "mean"] == pytest.approx(0.9)
+    assert grid.loc[("darkroom-hard", "without_subgoals"), "mean"] == pytest.approx(0.5)
+    assert grid.loc[("darkroom-hard", "without_subgoals"), "paper"] == pytest.approx(0.89)
+    d4rl = read(report, "fig6").set_index(["task", "variant"])
+    assert d4rl.loc[("hopper-medium-v2", "without_subgoals"), "mean"] == pytest.approx(50.0)
+
+
+def test_index_states_the_scale_of_every_number(report):
+    index = (report / "index.md").read_text()
+    assert "presets: smoke" in index and "gradient updates: 100" in index and "seeds per cell: 5" in index
+
+
+def test_the_cached_export_rebuilds_the_same_report_without_the_store(report, tmp_path):
+    cached = tmp_path / "again"
+    (cached / "data").mkdir(parents=True)
+    for name in ("runs.csv", "curves.csv", "meta.json"):
+        (cached / "data" / name).write_bytes((report / "data" / name).read_bytes())
+    assert make_all.main(["--from-cache", "--out", str(cached), "--tracking-uri", "sqlite:////nonexistent.db"]) == 0
+    assert (cached / "tables" / "table2.csv").read_text() == (report / "tables" / "table2.csv").read_text()
+    export = load_export(cached / "data")
+    assert export.runs["trial_key"].is_unique
+
+
+def test_a_missing_store_or_experiment_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "reports"
+    assert make_all.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(out)]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    store = Store(tmp_path / "mlflow.db")
+    store.run("tmaze", "dmh", "tmaze-20", 0, last_return=1.0)
+    assert make_all.main(["--tracking-uri", store.uri, "--experiments", "nope", "--out", str(out)]) == 2
+    assert "no MLflow experiment named nope" in capsys.readouterr().err
+    assert not (out / "index.md").exists() and not (out / "data").exists()
+    assert make_all.main(["--from-cache", "--out", str(tmp_path / "empty")]) == 2
+    assert "no cached export" in capsys.readouterr().err
