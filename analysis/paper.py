@@ -1,5 +1,6 @@
-"""The paper's published numbers as data: ``paper_numbers.csv`` holds one row per number that
-``/work/shared/reference/paper.md`` §6 reports (Tables 1, 2, 4 and Figures 2-6), values exactly as printed there.
+"""The paper's published numbers as data: ``paper_numbers.csv`` holds one row per number the paper reports (Tables 1,
+2, 4 and Figures 2-6), values exactly as printed or digitised; the ``provenance`` column names the section of the
+team's extraction notes (paper.md §6, from the arXiv LaTeX source and figure PDFs) each number was read from.
 
 Provenance legend (first word of the ``provenance`` column, then the paper.md section it came from):
     V   stated in the paper's text or tables;
