@@ -177,7 +177,7 @@ def cells(export: Export, paper: pd.DataFrame, view: View) -> pd.DataFrame:
     merged["reason"] = merged["reason"].fillna("")
     merged.loc[merged["paper_status"].isna(), "paper_status"] = "not in paper"
     merged["paper_provenance"] = merged["paper_provenance"].fillna("")
-    return merged[CELL_COLUMNS].sort_values(KEYS, ignore_index=True)
+    return merged[CELL_COLUMNS].sort_values(["task", "algo", "x", "variant"], ignore_index=True)
 
 
 def scale(export: Export, view: View) -> dict[str, str]:

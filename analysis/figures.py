@@ -41,6 +41,11 @@ def save(fig: plt.Figure, folder: Path, name: str) -> list[Path]:
     return paths
 
 
+def seeds_text(n: pd.Series) -> str:
+    low, high = int(n.min()), int(n.max())
+    return f"{low}–{high} seeds" if low != high else f"{high} seed" + ("s" if high > 1 else "")
+
+
 def note_missing(ax: plt.Axes, reasons: list[str], nothing: bool) -> None:
     """Say in the panel what this project lacks: "no runs" when it has nothing here, else per series."""
     text = "this project: no runs" if nothing else "this project: " + "\n".join(reasons) if reasons else ""
@@ -58,8 +63,7 @@ def line_panel(ax: plt.Axes, cells: pd.DataFrame, series: str = "algo") -> None:
         if len(done):
             x, mean, se = done["x"].to_numpy(float), done["mean"].to_numpy(float), done["se"].to_numpy(float)
             line, = ax.plot(x, mean, marker=marker, markersize=4, color=color,
-                            label=f"{series_label(key)} ({done['n'].min()}–{done['n'].max()} seeds)"
-                            if done["n"].min() != done["n"].max() else f"{series_label(key)} ({done['n'].max()} seeds)")
+                            label=f"{series_label(key)} ({seeds_text(done['n'])})")
             color = line.get_color()
             ax.fill_between(x, mean - np.nan_to_num(se), mean + np.nan_to_num(se), color=color, alpha=0.2)
         for _, row in group[group["n"] == 0].iterrows():

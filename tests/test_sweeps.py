@@ -94,9 +94,35 @@ SMOKE = {
 }
 
 
+# The report view each sweep feeds, and the run metric its cells summarise (one seed: the cell's mean is the value).
+REPORT_VIEW = {"c_sensitivity": ("fig4b", "eval/last_return"), "subgoal_ablation": ("fig4a", "eval/last_return"),
+               "grid_world": ("fig2", "eval/last_return"), "tmaze": ("fig3a", "eval/last_return"),
+               "d4rl": ("table4_online", "time/online_min")}
+
+
+def assert_the_report_holds_the_runs(workdir, name, runs):
+    """End to end: the sweep's runs → `make_all` → the view's cells carry exactly those runs' values."""
+    import pandas as pd
+
+    from analysis import make_all
+    from analysis.compare import VIEWS
+
+    assert make_all.main(["--out", str(workdir / "reports")]) == 0
+    view, metric = REPORT_VIEW[name]
+    cells = pd.read_csv(workdir / "reports" / "comparison" / f"{view}.csv")
+    ours = cells[cells["n"] > 0]
+    if view == "fig2":  # the curve's last episode is the run's last-episode return
+        ours = ours.loc[ours.groupby(["task", "algo"])["x"].idxmax()]
+    runs = [r for r in runs if r.data.params["algo"] in VIEWS[view].algos]
+    assert (ours["n"] == 1).all()
+    assert sorted(ours["mean"]) == pytest.approx(sorted(r.data.metrics[metric] for r in runs))
+    assert (workdir / "reports" / "index.md").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SMOKE))
-def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values(ray_session, workdir, name):
+def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values_and_feeds_the_report(ray_session, workdir,
+                                                                                                 name):
     extra, keys, expected = SMOKE[name]
     script = importlib.import_module(f"sweeps.{name}")
     assert common.main(script.SWEEP, ["--preset", "smoke", *extra]) == 0
@@ -110,6 +136,7 @@ def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values(ray_
     if name == "tmaze":
         assert all(r.data.metrics["oom"] == 0 for r in runs)
     assert_ray_listens_only_on_loopback()
+    assert_the_report_holds_the_runs(workdir, name, runs)
 
 
 @pytest.mark.slow
