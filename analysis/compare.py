@@ -48,6 +48,9 @@ class View:
     task_of: Callable[[str], str] = lambda task: task  # how a run's task maps onto the view's rows (pooling)
     x_of: str | None = None  # x-axis: "c", "memory_length", "episode", or None
     variant_of: str | None = None  # variants: "subgoals" (with/without valuable sub-goals), "c" or None
+    # where the paper's figure lacks a task this project ran, the paper's number for it from another figure at the
+    # paper's own c for that task: (figure, variant), e.g. Fig. 4b's cpu grid runs Darkroom Hard, which Fig. 4a has
+    paper_elsewhere: tuple[str, str] | None = None
 
 
 def is_grid(task: str) -> bool:
@@ -87,7 +90,7 @@ VIEWS: dict[str, View] = {v.name: v for v in (
     View("fig4a", "Fig. 4(a): valuable sub-goal ablation, Grid World return", ("subgoal_ablation",), "last_return",
          "return", ("dmh",), is_grid, variant_of="subgoals"),
     View("fig4b", "Fig. 4(b): sensitivity to c", ("c_sensitivity",), "score", None, ("dmh",), x_of="c",
-         variant_of="c"),
+         variant_of="c", paper_elsewhere=("fig4a", "with_subgoals")),
     View("fig6", "Fig. 6: valuable sub-goal ablation, D4RL normalised score", ("subgoal_ablation",),
          "normalized_score", "normalized_score", ("dmh",), is_d4rl, variant_of="subgoals"),
 )}
@@ -177,7 +180,26 @@ def cells(export: Export, paper: pd.DataFrame, view: View) -> pd.DataFrame:
     merged["reason"] = merged["reason"].fillna("")
     merged.loc[merged["paper_status"].isna(), "paper_status"] = "not in paper"
     merged["paper_provenance"] = merged["paper_provenance"].fillna("")
+    if view.paper_elsewhere:
+        fill_from_elsewhere(merged, paper, *view.paper_elsewhere)
     return merged[CELL_COLUMNS].sort_values(["task", "algo", "x", "variant"], ignore_index=True)
+
+
+def fill_from_elsewhere(merged: pd.DataFrame, paper: pd.DataFrame, figure: str, variant: str) -> None:
+    """For cells the view's own paper figure lacks, at x = the paper's c for the task: the paper's number for that
+    task and algo in ``figure`` (its ``variant``), with the provenance saying where it came from."""
+    from dmh.tasks import resolve_task
+
+    rows = paper[(paper["figure"] == figure) & (paper["variant"] == variant) & (paper["status"] == "ok")]
+    for i in merged.index[merged["paper_status"] == "not in paper"]:
+        task, algo, x = merged.at[i, "task"], merged.at[i, "algo"], merged.at[i, "x"]
+        hit = rows[(rows["task"] == task) & (rows["algo"] == algo)]
+        if hit.empty or x != resolve_task(task).c:
+            continue
+        found = hit.iloc[0]
+        merged.loc[i, ["paper", "paper_err", "paper_low", "paper_high", "paper_status", "paper_provenance"]] = [
+            found["value"], found["err"], found["err_low"], found["err_high"], "ok",
+            f"{found['provenance']}: {figure} at the paper's c = {int(x)}"]
 
 
 def scale(export: Export, view: View) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""In-context learning curves of tracked runs: mean ± standard error over seeds of the return at each online episode,
-one line per algorithm, from the ``eval/return`` history that ``dmh train`` logs (step = episode index).
+"""In-context learning curves of one MLflow experiment: mean ± standard error over seeds of the return at each online
+episode, one line per algorithm, beside the paper's Fig. 2 curve where the task is in it. The same cells and drawing
+as the report's Fig. 2 (:mod:`analysis.make_all`), for any experiment, e.g. a set of ``dmh train`` runs:
 
     python -m analysis.curves --experiment proof --task darkroom --out docs/figures/darkroom_cpu.png
 
@@ -9,79 +10,53 @@ Reads only the MLflow store (``--tracking-uri``, default ``$MLFLOW_TRACKING_URI`
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
+import dataclasses
+import sys
 from pathlib import Path
 
-import numpy as np
+from analysis import figures
+from analysis.compare import VIEWS, cells
+from analysis.export import export_runs
+from analysis.paper import load_paper_numbers
+from analysis.tables import task_label
+from dmh.errors import DmhError
 
 
-def load_curves(tracking_uri: str, experiment: str, task: str | None) -> dict[str, list[np.ndarray]]:
-    """algo -> one curve [episodes] per FINISHED run (one run per seed)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise SystemExit(f"no MLflow experiment named {experiment!r} in {tracking_uri}")
-    curves: dict[str, list[np.ndarray]] = defaultdict(list)
-    for run in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'"):
-        if task and run.data.params.get("task") != task:
-            continue
-        history = sorted(client.get_metric_history(run.info.run_id, "eval/return"), key=lambda m: m.step)
-        if history:
-            curves[run.data.params["algo"]].append(np.array([m.value for m in history]))
-    return curves
-
-
-def summarize(curves: dict[str, list[np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """algo -> (mean [episodes], standard error [episodes], seeds)."""
-    out = {}
-    for algo, runs in curves.items():
-        stacked = np.stack(runs)  # [seeds, episodes]
-        se = stacked.std(axis=0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(stacked.shape[1])
-        out[algo] = (stacked.mean(axis=0), se, len(runs))
-    return out
-
-
-def plot(summary: dict[str, tuple[np.ndarray, np.ndarray, int]], title: str, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for algo, (mean, se, seeds) in sorted(summary.items()):
-        x = np.arange(1, len(mean) + 1)
-        ax.plot(x, mean, marker="o", markersize=3, label=f"{algo} ({seeds} seeds)")
-        ax.fill_between(x, mean - se, mean + se, alpha=0.25)
-    ax.set_xlabel("online episode (no gradient updates)")
-    ax.set_ylabel("return (mean over held-out tasks)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     from dmh.tracking import default_tracking_uri
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True)
-    parser.add_argument("--task", default=None)
+    parser.add_argument("--task", required=True)
     parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    summary = summarize(load_curves(args.tracking_uri or default_tracking_uri(), args.experiment, args.task))
-    if not summary:
-        raise SystemExit("no FINISHED runs with an eval/return curve")
-    plot(summary, f"{args.task or args.experiment}: in-context learning on held-out tasks", args.out)
-    for algo, (mean, se, seeds) in sorted(summary.items()):
-        print(f"{algo:<16} seeds {seeds}  episode 1 {mean[0]:.2f} ± {se[0]:.2f}   episodes 18-20 "
-              f"{mean[17:20].mean():.2f}   last {mean[-1]:.2f} ± {se[-1]:.2f}")
+    parser.add_argument("--out", type=Path, required=True, help="figure file (.png or .pdf)")
+    args = parser.parse_args(argv)
+    try:
+        export = export_runs(args.tracking_uri or default_tracking_uri(), [args.experiment])
+    except DmhError as exc:
+        print(f"curves: error: {exc}", file=sys.stderr)
+        return 2
+    view = dataclasses.replace(VIEWS["fig2"], sweeps=tuple(export.runs["sweep"].unique()), algos=(),
+                               tasks=lambda task: task == args.task)
+    frame = cells(export, load_paper_numbers(), view)
+    ours = frame[frame["n"] > 0]
+    if ours.empty:
+        print(f"curves: error: no completed run of {args.task} with an eval/return curve in {args.experiment}",
+              file=sys.stderr)
+        return 2
+    fig = figures.panels_figure([(frame, task_label(args.task), "online episode (no gradient updates)", "return")],
+                                (1, 1), f"{args.task}: in-context learning on held-out tasks")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figures.save(fig, args.out.parent, args.out.stem)
+    for algo, curve in ours.groupby("algo"):
+        curve = curve.sort_values("x")
+        mean, se = curve["mean"].to_numpy(), curve["se"].to_numpy()
+        print(f"{algo:<16} seeds {curve['n'].max()}  episode 1 {mean[0]:.2f} ± {se[0]:.2f}   "
+              f"last {mean[-1]:.2f} ± {se[-1]:.2f}")
         print("  curve: " + " ".join(f"{v:.2f}" for v in mean))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out.with_suffix('.png')} and .pdf")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

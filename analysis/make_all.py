@@ -91,8 +91,9 @@ def comparison(frame: pd.DataFrame) -> pd.DataFrame:
         f"ours IQM [{CONFIDENCE:.0%} CI]": frame.apply(iqm, axis=1),
         "paper": frame.apply(tables.paper_fmt, axis=1),
         "note": [" ; ".join(p for p in (r, "" if s in ("ok", "not in paper") else f"paper: {s}",
-                                        "not in paper" if s == "not in paper" else "") if p)
-                 for r, s in zip(frame["reason"], frame["paper_status"], strict=True)],
+                                        "not in paper" if s == "not in paper" else "",
+                                        f"paper from {v.split(': ', 1)[1]}" if ": " in v else "") if p)
+                 for r, s, v in zip(frame["reason"], frame["paper_status"], frame["paper_provenance"], strict=True)],
     })
 
 
@@ -123,10 +124,12 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
     index = out / "index.md"
     with atomic_path(index) as tmp:
         tmp.write_text(index_text(out, export.source, view_cells, written, export))
-    for name, frame in view_cells.items():  # what this run of the report has of its own
-        if (frame["n"] > 0).any():
-            echo(f"\n{VIEWS[name].title}: paper vs this project\n")
-            echo(tables.markdown(comparison(frame[(frame["n"] > 0) | (frame["paper_status"] == "ok")])))
+    for name, frame in view_cells.items():  # what this project has: its cells beside the paper's
+        ours = frame[frame["n"] > 0]
+        if len(ours):
+            echo(f"\n{VIEWS[name].title}: paper vs this project ({len(frame) - len(ours)} more paper cells without "
+                 f"runs here: {written[f'comparison/{name}'][0]})\n")
+            echo(tables.markdown(comparison(ours)))
     return index
 
 

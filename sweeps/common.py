@@ -313,6 +313,13 @@ class TrialSession:
 
         return tune.get_context().get_trial_id()
 
+    @property
+    def cluster(self) -> str:
+        """The GCS address of the Ray cluster running the trial (which cluster a run came from)."""
+        import ray
+
+        return ray.get_runtime_context().gcs_address
+
     def restore(self, into: Path) -> Path | None:
         """Copy the trial's last reported checkpoint file into ``into``; None on a first start."""
         from ray import tune
@@ -372,7 +379,7 @@ def run_trial(config: dict[str, Any], session: TrialSession) -> None:
     run_id = load_checkpoint(resume_from)["run_id"] if resume_from is not None else None
     discard_stale_runs(uri, cfg.experiment, config["sweep_run"], trial_id, keep=run_id)
     tags = {"sweep": config["sweep"], "sweep_run": config["sweep_run"], "trial_id": trial_id,
-            "worker_pid": str(os.getpid()), "status_detail": "running"}
+            "worker_pid": str(os.getpid()), "ray_cluster": session.cluster, "status_detail": "running"}
     last: dict[str, Any] = {"step": 0}
 
     def on_checkpoint(path: Path, step: int, metrics: dict[str, float]) -> None:

@@ -92,6 +92,8 @@ def report(tmp_path_factory):
     for c, values in C_RETURNS.items():
         for seed, value in enumerate(values):
             store.run("c_sensitivity", "dmh", "large-darkroom-hard", seed, c=c, last_return=value, curve=[value])
+    for c in (1, 5):  # a task Fig. 4b lacks: its paper reference at the paper's c comes from Fig. 4a
+        store.run("c_sensitivity", "dmh", "darkroom-hard", 0, c=c, last_return=0.3)
     # a rerun of c=10 seed 0 that finished earlier is replaced by the later one (latest wins) ...
     store.clock -= 10_000_000
     store.run("c_sensitivity", "dmh", "large-darkroom-hard", 0, c=10, last_return=99.0, curve=[99.0])
@@ -146,6 +148,15 @@ def test_c_sensitivity_cells_hold_mean_se_and_iqm_over_seeds_with_latest_rerun_w
     assert c1["iqm_low"] <= c1["iqm"] <= c1["iqm_high"]
     assert c10["mean"] == pytest.approx(0.6)  # the earlier 99.0 rerun of seed 0 is ignored
     assert c10["paper"] == pytest.approx(0.96)  # the paper's digitised value at c = 10
+
+
+def test_a_task_the_papers_figure_lacks_is_compared_at_the_papers_c_from_another_figure(report):
+    cells = read(report, "fig4b").set_index(["task", "x"])
+    at_paper_c = cells.loc[("darkroom-hard", 5.0)]
+    assert at_paper_c["paper"] == pytest.approx(0.95) and at_paper_c["paper_status"] == "ok"
+    assert "fig4a at the paper's c = 5" in at_paper_c["paper_provenance"]
+    assert cells.loc[("darkroom-hard", 1.0), "paper_status"] == "not in paper"
+    assert "paper from fig4a at the paper's c = 5" in (report / "comparison" / "fig4b.md").read_text()
 
 
 def test_a_cell_whose_runs_did_not_finish_is_missing_with_the_reason_not_zero(report):
@@ -219,7 +230,7 @@ def test_subgoal_ablation_splits_with_and_without_valuable_subgoals(report):
 
 def test_index_states_the_scale_of_every_number(report):
     index = (report / "index.md").read_text()
-    assert "presets: smoke" in index and "gradient updates: 100" in index and "seeds per cell: 5" in index
+    assert "presets: smoke" in index and "gradient updates: 100" in index and "seeds per cell: 1–5" in index
 
 
 def test_the_cached_export_rebuilds_the_same_report_without_the_store(report, tmp_path):
@@ -244,3 +255,17 @@ def test_a_missing_store_or_experiment_is_a_clear_error_and_writes_nothing(tmp_p
     assert not (out / "index.md").exists() and not (out / "data").exists()
     assert make_all.main(["--from-cache", "--out", str(tmp_path / "empty")]) == 2
     assert "no cached export" in capsys.readouterr().err
+
+
+def test_curves_plots_one_experiments_in_context_curves_with_their_numbers(report, tmp_path, capsys):
+    from analysis import curves
+
+    uri = (report / "data" / "meta.json").read_text().split('"tracking_uri": "')[1].split('"')[0]
+    out = tmp_path / "darkroom.png"
+    assert curves.main(["--experiment", "grid_world", "--task", "darkroom", "--tracking-uri", uri,
+                        "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000 and out.with_suffix(".pdf").exists()
+    printed = capsys.readouterr().out
+    assert "dmh              seeds 2  episode 1 1.50 ± 0.50   last 5.50 ± 0.50" in printed
+    assert curves.main(["--experiment", "grid_world", "--task", "key-to-door", "--tracking-uri", uri,
+                        "--out", str(out)]) == 2

@@ -182,6 +182,51 @@ def test_a_sigkilled_trial_worker_is_retried_from_its_checkpoint_in_the_same_run
     assert max(m.step for m in client.get_metric_history(continued.info.run_id, "train/loss")) == 40
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_same_script_joins_a_running_cluster_instead_of_starting_ray(workdir, tmp_path):
+    """What `ray submit` gives a script on a head node: a cluster made by `ray start`. The unchanged script finds it,
+    and its trials run in that cluster (their runs record its address)."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port = free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        from ray._private.services import find_bootstrap_address
+
+        deadline = time.monotonic() + 90
+        while find_bootstrap_address(None) != f"127.0.0.1:{port}" and time.monotonic() < deadline:
+            assert head.poll() is None, head.stderr.read().decode()[-3000:]
+            time.sleep(0.5)
+        sweep = subprocess.run([sys.executable, str(REPO / "sweeps" / "c_sensitivity.py"), "--preset", "smoke"],
+                               cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+        assert f"Connecting to existing Ray cluster at address: 127.0.0.1:{port}" in sweep.stderr + sweep.stdout
+        runs = mlflow_runs(workdir, "c_sensitivity")
+        assert sorted(r.data.params["c"] for r in runs) == ["1", "5"]
+        assert {r.data.tags["ray_cluster"] for r in runs} == {f"127.0.0.1:{port}"}
+        sockets = listening_sockets(descendants(head.pid))
+        assert sockets and {ip for _, ip in sockets} <= LOOPBACK, sockets
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started, then exits
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
 @pytest.mark.slow
 def test_an_interrupted_driver_resumes_to_the_same_runs_without_duplicates(ray_session, workdir):
     argv = [sys.executable, str(REPO / "sweeps" / "c_sensitivity.py"), "--preset", "smoke", "--c", "1", "5", "10",
@@ -253,6 +298,7 @@ class FakeSession(common.TrialSession):
     """The trial logic without Ray: a fixed trial id, no checkpoint to restore, reports collected."""
 
     trial_id = "fake_00000"
+    cluster = "none"
 
     def __init__(self):
         self.reports = []
