@@ -293,14 +293,28 @@ def connect_ray(address: str | None) -> bool:
     # also adopt any Ray it finds running here, such as another sweep's in-process Ray, which ends with that sweep.
     from ray._private.services import find_bootstrap_address
 
-    if address is None and find_bootstrap_address(None):
+    recorded = find_bootstrap_address(None) if address is None else None
+    if recorded and reachable(recorded):
         try:
             ray.init(address="auto", log_to_driver=True)
             return True
         except ConnectionError:
-            pass  # a stale record of a stopped cluster: start our own
+            pass  # stopped between the probe and the connection: start our own
+    # else no cluster, or a stale record of a stopped one (ray.init would keep retrying a dead address for minutes)
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
     return True
+
+
+def reachable(address: str, timeout: float = 2.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port`` (a cluster's GCS), within ``timeout`` seconds."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 # -------------------------------------------------------------------------------------------------- the trainable

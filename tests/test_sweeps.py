@@ -225,6 +225,16 @@ def test_the_same_script_joins_a_running_cluster_instead_of_starting_ray(workdir
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+    # The stopped cluster's address stays recorded in Ray's temp folder: a script must not wait on it, but start Ray
+    # itself (ray.init(address="auto") would retry the dead address for many minutes).
+    probe = ("import sys, time; sys.path.insert(0, sys.argv[1]); from sweeps.common import connect_ray; import ray; "
+             "start = time.monotonic(); connect_ray(None); print(ray.get_runtime_context().gcs_address, "
+             "time.monotonic() - start); ray.shutdown()")
+    fresh = subprocess.run([sys.executable, "-c", probe, str(REPO)], cwd=workdir, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    address, seconds = fresh.stdout.split()[-2:]
+    assert address != f"127.0.0.1:{port}" and float(seconds) < 60
 
 
 @pytest.mark.slow
