@@ -85,7 +85,9 @@ def panels_figure(panels: list[tuple[pd.DataFrame, str, str, str]], shape: tuple
                   logx: bool = False) -> plt.Figure:
     """A grid of line panels, each (cells, panel title, x label, y label); lines per algo."""
     fig, axes = plt.subplots(*shape, figsize=(4.2 * shape[1], 3.3 * shape[0]), squeeze=False)
-    for ax, (frame, name, xlabel, ylabel) in zip(axes.flat, panels, strict=True):
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax, (frame, name, xlabel, ylabel) in zip(axes.flat, panels, strict=False):
         line_panel(ax, frame)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel(xlabel)

@@ -52,14 +52,15 @@ def fig2(c: dict[str, pd.DataFrame]) -> object:
 
 def fig3(c: dict[str, pd.DataFrame]) -> object:
     return figures.panels_figure([(c["fig3a"], "(a) return", "memory length", "return"),
-                   (c["fig3b"], "(b) online testing", "memory length", "minutes")], (1, 2),
-                  "Fig. 3: T-maze", logx=True)
+                                  (c["fig3b"], "(b) online testing", "memory length", "minutes")], (1, 2),
+                                 "Fig. 3: T-maze", logx=True)
 
 
 def fig4b(c: dict[str, pd.DataFrame]) -> object:
     tasks = sorted(c["fig4b"]["task"].unique())
+    cols = min(3, max(1, len(tasks)))
     return figures.panels_figure(per_task(c["fig4b"], tasks, "c (steps per sub-goal)", "return / normalised score"),
-                  (1, max(1, len(tasks))), VIEWS["fig4b"].title)
+                                 (-(-len(tasks) // cols) or 1, cols), VIEWS["fig4b"].title)
 
 
 FIGURES: dict[str, FigureSpec] = {
