@@ -91,11 +91,21 @@ def comparison(frame: pd.DataFrame) -> pd.DataFrame:
                                      zip(frame["mean"], frame["se"], frame["n"], strict=True)],
         f"ours IQM [{CONFIDENCE:.0%} CI]": frame.apply(iqm, axis=1),
         "paper": frame.apply(tables.paper_fmt, axis=1),
-        "note": [" ; ".join(p for p in (r, "" if s in ("ok", "not in paper") else f"paper: {s}",
-                                        "not in paper" if s == "not in paper" else "",
-                                        f"paper from {v.split(': ', 1)[1]}" if ": " in v else "") if p)
-                 for r, s, v in zip(frame["reason"], frame["paper_status"], frame["paper_provenance"], strict=True)],
+        "note": [note(*row) for row in zip(frame["reason"], frame["paper_status"], frame["paper_provenance"],
+                                            strict=True)],
     })
+
+
+def note(reason: str, paper_status: str, provenance: str) -> str:
+    """Why a side is missing or thin, and where a borrowed paper number came from (provenance "X: <where>")."""
+    parts = [reason]
+    if paper_status == "not in paper":
+        parts.append("not in paper")
+    elif paper_status != "ok":
+        parts.append(f"paper: {paper_status}")
+    if ": " in provenance:
+        parts.append(f"paper from {provenance.split(': ', 1)[1]}")
+    return " ; ".join(p for p in parts if p)
 
 
 def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | None, from_cache: bool,
