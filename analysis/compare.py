@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.export import Export
+from analysis.export import RESULTS, Export
 from analysis.stats import summarize
 from dmh.envs.mujoco import D4RL_DATASETS
 
@@ -108,12 +108,16 @@ def variant(view: View, runs: pd.DataFrame) -> pd.Series:
     return pd.Series("", index=runs.index)
 
 
-def run_points(export: Export, view: View) -> pd.DataFrame:
-    """The runs this view reads, one row per (run, x) with its value and outcome."""
+def view_runs(export: Export, view: View) -> pd.DataFrame:
+    """The exported runs this view reads: of its sweeps, tasks and algos."""
     runs = export.runs
     runs = runs[runs["sweep"].isin(view.sweeps) & runs["task"].map(view.tasks)]
-    if view.algos:
-        runs = runs[runs["algo"].isin(view.algos)]
+    return runs[runs["algo"].isin(view.algos)] if view.algos else runs
+
+
+def run_points(export: Export, view: View) -> pd.DataFrame:
+    """The runs this view reads, one row per (run, x) with its value and outcome."""
+    runs = view_runs(export, view)
     runs = runs.assign(task=runs["task"].map(view.task_of), variant=variant(view, runs),
                        score=runs["normalized_score"].fillna(runs["last_return"]))
     if view.value == "curve":
@@ -204,10 +208,8 @@ def fill_from_elsewhere(merged: pd.DataFrame, paper: pd.DataFrame, figure: str, 
 
 def scale(export: Export, view: View) -> dict[str, str]:
     """The scale this view's numbers came from: presets, gradient updates, seeds, tasks, evaluation size."""
-    runs = export.runs[export.runs["sweep"].isin(view.sweeps) & export.runs["task"].map(view.tasks)]
-    runs = runs[runs["outcome"].isin(["completed", "out_of_memory"])]
-    if view.algos:
-        runs = runs[runs["algo"].isin(view.algos)]
+    runs = view_runs(export, view)
+    runs = runs[runs["outcome"].isin(RESULTS)]
     if runs.empty:
         return {"runs": "0"}
 

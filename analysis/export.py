@@ -39,6 +39,7 @@ SETTINGS = {  # column → param, with its type
     "algo": str, "task": str, "seed": int, "preset": str, "steps": int, "c": int, "n_context": int,
     "valuable_subgoals": bool, "eval_tasks": int, "eval_episodes": int,
 }
+RESULTS = ("completed", "out_of_memory")  # outcomes that are results (out of memory is one, paper Fig. 3)
 RUN_COLUMNS = ["run_id", "experiment", "sweep", "trial_key", *SETTINGS, "outcome", "status_detail", *SCALARS,
                "end_time"]
 CURVE_COLUMNS = ["run_id", "episode", "return"]
@@ -120,7 +121,7 @@ def latest_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trial key: its latest result (completed or out of memory) if it has one, else its latest run."""
     if runs.empty:
         return runs
-    result = runs["outcome"].isin(["completed", "out_of_memory"])
+    result = runs["outcome"].isin(RESULTS)
     ranked = runs.assign(_result=result).sort_values(["trial_key", "_result", "end_time"])
     return ranked.groupby("trial_key").tail(1).drop(columns="_result").sort_values(
         ["sweep", "task", "algo", "seed"], ignore_index=True)

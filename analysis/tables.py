@@ -103,10 +103,9 @@ def table2(cells: pd.DataFrame, paper: pd.DataFrame) -> Table:
             if len(printed) else "—"
         total[f"{ALGO_LABELS[algo]} ours"] = fmt(avg["mean"], avg["se"], avg["n"] or None, avg["reason"])
     text = pd.concat([text, pd.DataFrame([total])], ignore_index=True)
-    baselines = paper[(paper["figure"] == "table2") & paper["algo"].isin(["bc-10", "td3+bc", "td3"])]
-    for algo in ["bc-10", "td3+bc", "td3"]:  # offline-RL baselines: paper only (not in-context learners)
-        values = baselines[baselines["algo"] == algo].set_index("task")["value"]
-        text.insert(1 + ["bc-10", "td3+bc", "td3"].index(algo), f"{ALGO_LABELS[algo]} paper",
+    for column, algo in enumerate(["bc-10", "td3+bc", "td3"], start=1):  # offline RL: paper only (not in-context)
+        values = paper[(paper["figure"] == "table2") & (paper["algo"] == algo)].set_index("task")["value"]
+        text.insert(column, f"{ALGO_LABELS[algo]} paper",
                     [fmt(values.get(t, math.nan)) for t in [*datasets, "average"]])
     return Table("table2", "Table 2: D4RL normalised score, mean ± s.e. over seeds (seeds in brackets)", text,
                  cells.assign(part="score"))

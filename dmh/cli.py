@@ -210,17 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["report"]:
-        try:
-            return _cmd_report(argv[1:])
-        except DmhError as exc:
-            print(f"dmh: error: {exc}", file=sys.stderr)
-            return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s",
-                        stream=sys.stderr)
     try:
+        if argv[:1] == ["report"]:  # analysis.make_all parses its own options
+            return _cmd_report(argv[1:])
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(message)s", stream=sys.stderr)
         return args.func(args) or 0
     except DmhError as exc:
         print(f"dmh: error: {exc}", file=sys.stderr)
