@@ -1,29 +1,13 @@
-"""MLflow tracking: one run per training job, resumable, never left RUNNING.
-
-Every number a run reports can be traced back to its settings: the resolved config goes in as params (flattened to
-``a.b`` keys), the code and machine as tags, the results as metrics and artifacts. By default everything stays on
-this machine (``./mlflow.db`` and ``./mlruns``); ``MLFLOW_TRACKING_URI`` or ``tracking_uri=`` point a run elsewhere,
-per run, so a Ray trial on a remote worker can choose its store inside the trainable.
-
-We talk to ``mlflow.MlflowClient`` with explicit run ids instead of MLflow's fluent API: the fluent API keeps one
-global active run per process, which makes resuming a given run and running several trials in one worker fragile.
-
-This is the top layer of the library: it imports ``dmh.errors`` and ``dmh.io`` only, never training code.
-"""
+"""One MLflow run as a context manager (``TrackedRun``): params, tags, metrics and artifacts, resume, and an end
+status (FINISHED, FAILED or KILLED) that is recorded even on a signal or an interpreter exit."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import csv
 import dataclasses
-import math
 import os
-import re
 import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 import types
@@ -34,76 +18,21 @@ from typing import Any
 import numpy as np
 
 from dmh.errors import DmhError
+from dmh.tracking.curves import curve_csv, curve_figure
+from dmh.tracking.provenance import run_tags
+from dmh.tracking.store import artifact_location, default_tracking_uri, open_client, quiet_mlflow_env
+from dmh.vocabulary import Metric
+
+# mlflow is imported inside the methods that need it: it takes over a second to import, and dmh.training imports
+# this module in every process, including those that never open a run. MlflowClient.log_batch splits a batch into
+# requests within MLflow's per-request limits itself, so each logging method below makes one call.
 
 # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_VALUE_LENGTH = 6000
 TRUNCATION_MARKER = "...[truncated]"
-# MLflow's limits for one log_batch call: 1000 metrics, 100 params, 100 tags.
-_MAX_BATCH_METRICS = 1000
-_MAX_BATCH_PARAMS = 100
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Runs between start and end, for the exit hook below.
 _ACTIVE_RUNS: set[TrackedRun] = set()
-
-
-def _quiet_mlflow_env() -> None:
-    """Keep MLflow from phoning home (the network is closed on CI and clusters) unless the user decided otherwise."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else a SQLite store ``./mlflow.db`` (absolute path) with artifacts in
-    ``./mlruns``: MLflow's own default, spelled out so every process of a job agrees even if one changes directory."""
-    _quiet_mlflow_env()
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-def local_sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for other stores (servers, databases elsewhere)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///") :].split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path).resolve()
-
-
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment's artifacts go: ``mlruns/`` beside a local SQLite database.
-
-    MLflow would resolve ``./mlruns`` against whatever directory the creating process happens to be in, so a sweep
-    started from another directory would scatter artifacts; tying them to the database keeps a store in one folder.
-    The folder is named after the experiment because MLflow assigns the id only after the location is fixed.
-    """
-    db = local_sqlite_path(uri)
-    if db is None:
-        return None
-    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
-    return (db.parent / "mlruns" / folder).as_uri()
-
-
-def open_client(tracking_uri: str) -> Any:
-    """An ``MlflowClient`` whose store is ready. A new local SQLite store is created under a file lock: processes
-    that start at once (parallel sweep trials) would otherwise race on MLflow's schema creation and fail."""
-    from mlflow import MlflowClient
-
-    db = local_sqlite_path(tracking_uri)
-    if db is None:
-        return MlflowClient(tracking_uri=tracking_uri)
-    import fcntl
-
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            client.search_experiments(max_results=1)  # creates or migrates the schema while holding the lock
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return client
 
 
 def _stringify(value: Any) -> str:
@@ -136,61 +65,18 @@ def flatten_params(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[st
     return flat
 
 
-def _git(args: Sequence[str], cwd: Path) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+def _check_unchanged(run_id: str, logged: Mapping[str, str], params: Mapping[str, str]) -> None:
+    changed = {k: (logged[k], v) for k, v in params.items() if k in logged and logged[k] != v}
+    if changed:
+        details = "; ".join(f"{k}: {_short(old)} -> {_short(new)}" for k, (old, new) in sorted(changed.items()))
+        raise DmhError(
+            f"MLflow run {run_id} was logged with other values for {len(changed)} param(s) ({details}); "
+            "a run describes one configuration: resume with the same config or start a new run"
+        )
 
 
-def _git_tags() -> dict[str, str]:
-    """Commit of the dmh source tree, only when dmh itself is the checkout (an installed copy inside some other
-    repository must not report that repository's commit)."""
-    source_root = Path(__file__).resolve().parent.parent
-    toplevel = _git(["rev-parse", "--show-toplevel"], source_root)
-    if toplevel is None or Path(toplevel).resolve() != source_root:
-        return {"git_commit": "unknown"}
-    commit = _git(["rev-parse", "HEAD"], source_root)
-    if commit is None:
-        return {"git_commit": "unknown"}
-    status = _git(["status", "--porcelain", "--untracked-files=no"], source_root)
-    tags = {"git_commit": commit, "mlflow.source.git.commit": commit}  # the second is what the MLflow UI shows
-    if status is not None:
-        tags["git_dirty"] = "true" if status else "false"
-    return tags
-
-
-def _describe_device(device: str | None) -> tuple[str, str]:
-    """(device, torch version); torch is imported only here so tracking works in processes that never train."""
-    try:
-        import torch
-    except ImportError:
-        return (device or "cpu"), "not installed"
-    if device is None:
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
-        device = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return device, torch.__version__
-
-
-def run_tags(device: str | None = None) -> dict[str, str]:
-    """Where a result came from: git commit (``unknown`` outside a checkout), host, device, dmh and torch versions.
-
-    ``device`` is what the trainer runs on (``"cpu"``, ``"cuda:1"``); by default the first GPU if there is one.
-    Never raises: a missing git or torch must not stop a training run.
-    """
-    import dmh
-
-    device_name, torch_version = _describe_device(device)
-    return {
-        **_git_tags(),
-        "host": socket.gethostname(),
-        "device": device_name,
-        "dmh_version": dmh.__version__,
-        "torch_version": torch_version,
-    }
+def _short(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 class RunInterrupted(SystemExit):
@@ -246,7 +132,7 @@ class TrackedRun:
         run_id: str | None = None,
         tracking_uri: str | None = None,
     ) -> None:
-        _quiet_mlflow_env()
+        quiet_mlflow_env()
         self.experiment = experiment
         self.run_name = run_name
         self.tracking_uri = tracking_uri or default_tracking_uri()
@@ -349,6 +235,7 @@ class TrackedRun:
         self._run_id = run_id
         _ACTIVE_RUNS.add(self)
         self._client.update_run(run_id, status="RUNNING")
+        # Unlike params, tags may change on a resume (the host, the device), so they are overwritten.
         self._set_tags({**run_tags(), **self._tags})
         self._log_params(self._params, already_logged=run.data.params)
 
@@ -360,7 +247,7 @@ class TrackedRun:
             try:
                 return self._client.create_experiment(
                     self.experiment,
-                    artifact_location=_artifact_location(self.tracking_uri, self.experiment),
+                    artifact_location=artifact_location(self.tracking_uri, self.experiment),
                 )
             except MlflowException:
                 # Another trial created it between our lookup and our create.
@@ -406,31 +293,23 @@ class TrackedRun:
         from mlflow.entities import Param
 
         new = [Param(k, v) for k, v in params.items() if k not in already_logged]
-        for start in range(0, len(new), _MAX_BATCH_PARAMS):
-            self._client.log_batch(self.run_id, params=new[start : start + _MAX_BATCH_PARAMS])
+        self._client.log_batch(self.run_id, params=new)
 
     def _set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, v) for k, v in tags.items()]
-        for start in range(0, len(items), _MAX_BATCH_PARAMS):
-            self._client.log_batch(self.run_id, tags=items[start : start + _MAX_BATCH_PARAMS])
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Add or overwrite tags (unlike params, tags may change, e.g. the host after a resume)."""
-        self._set_tags({str(k): _stringify(v) for k, v in tags.items()})
+        self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log several metrics at one step in one batched call."""
         self._log_metric_points([(key, float(value), step) for key, value in metrics.items()])
 
     def _log_metric_points(self, points: Sequence[tuple[str, float, int]]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric as MetricPoint  # not dmh.vocabulary.Metric, the metric key names
 
         timestamp = int(time.time() * 1000)
-        metrics = [Metric(key, value, timestamp, int(step)) for key, value, step in points]
-        for start in range(0, len(metrics), _MAX_BATCH_METRICS):
-            self._client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH_METRICS])
+        metrics = [MetricPoint(key, value, timestamp, int(step)) for key, value, step in points]
+        self._client.log_batch(self.run_id, metrics=metrics)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file (or a whole folder) into the run's artifacts, under ``artifact_path`` if given."""
@@ -449,10 +328,10 @@ class TrackedRun:
     def log_curve(self, returns_per_episode: Sequence[float] | np.ndarray, name: str = "in_context_curve") -> None:
         """The in-context learning curve: return by episode index, averaged over tasks.
 
-        ``returns_per_episode`` is ``[episodes]`` or ``[tasks, episodes]``. Logs ``eval/return`` with step = episode
-        index, all episodes in one batched call, and writes ``<name>.csv`` (episode, mean, std over tasks, then one
-        column per task) and ``<name>.png``. ``eval/last_return`` is left to the caller, which logs it at the training
-        step it belongs to.
+        ``returns_per_episode`` is ``[episodes]`` or ``[tasks, episodes]``. Logs ``Metric.EVAL_RETURN``
+        (``eval/return``) with step = episode index, all episodes in one batched call, and writes ``<name>.csv``
+        (episode, mean, std over tasks, then one column per task) and ``<name>.png``. ``Metric.LAST_RETURN`` is left
+        to the caller, which logs it at the training step it belongs to.
         """
         returns = np.asarray(returns_per_episode, dtype=np.float64)
         if returns.ndim == 1:
@@ -464,65 +343,7 @@ class TrackedRun:
             )
         mean = returns.mean(axis=0)  # [episodes]
         std = returns.std(axis=0)  # [episodes]
-        self._log_metric_points([("eval/return", float(v), episode) for episode, v in enumerate(mean)])
-        with tempfile.TemporaryDirectory(prefix="dmh-curve-") as folder:
-            csv_path = Path(folder) / f"{name}.csv"
-            png_path = Path(folder) / f"{name}.png"
-            _write_curve_csv(csv_path, returns, mean, std)
-            _write_curve_png(png_path, mean, std, n_tasks=returns.shape[0], title=name)
-            self._client.log_artifact(self.run_id, str(csv_path))
-            self._client.log_artifact(self.run_id, str(png_path))
-
-
-def _check_unchanged(run_id: str, logged: Mapping[str, str], params: Mapping[str, str]) -> None:
-    changed = {k: (logged[k], v) for k, v in params.items() if k in logged and logged[k] != v}
-    if changed:
-        details = "; ".join(f"{k}: {_short(old)} -> {_short(new)}" for k, (old, new) in sorted(changed.items()))
-        raise DmhError(
-            f"MLflow run {run_id} was logged with other values for {len(changed)} param(s) ({details}); "
-            "a run describes one configuration: resume with the same config or start a new run"
-        )
-
-
-def _short(value: str, limit: int = 60) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
-def _write_curve_csv(path: Path, returns: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["episode", "mean_return", "std_return", *(f"task_{t}" for t in range(returns.shape[0]))])
-        for episode in range(returns.shape[1]):
-            writer.writerow([episode, repr(float(mean[episode])), repr(float(std[episode])), *returns[:, episode]])
-
-
-def _write_curve_png(path: Path, mean: np.ndarray, std: np.ndarray, n_tasks: int, title: str) -> None:
-    # A bare Figure with the Agg canvas: no pyplot, so the process-wide matplotlib backend is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    episodes = np.arange(len(mean))
-    axes.plot(episodes, mean, marker="o" if len(mean) <= 30 else None, label=f"mean over {n_tasks} task(s)")
-    if n_tasks > 1 and all(math.isfinite(v) for v in std):
-        axes.fill_between(episodes, mean - std, mean + std, alpha=0.25, label="± 1 std")
-    axes.set_xlabel("episode in context")
-    axes.set_ylabel("return")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-
-
-__all__ = [
-    "MAX_PARAM_VALUE_LENGTH",
-    "TRUNCATION_MARKER",
-    "RunInterrupted",
-    "TrackedRun",
-    "default_tracking_uri",
-    "flatten_params",
-    "run_tags",
-]
+        self._log_metric_points([(Metric.EVAL_RETURN, float(v), episode) for episode, v in enumerate(mean)])
+        self._client.log_text(self.run_id, curve_csv(returns, mean, std), f"{name}.csv")
+        figure = curve_figure(mean, std, n_tasks=returns.shape[0], title=name)
+        self._client.log_figure(self.run_id, figure, f"{name}.png")
