@@ -37,7 +37,7 @@ def main() -> int:
 
     torch.manual_seed(0)
     cfg = DMHConfig(obs_dim=args.obs_dim, act_dim=args.act_dim, discrete=True, max_timestep=args.steps,
-                    block_size=args.block_size, mamba_backend="torch", local_checkpoint_chunk=args.local_chunk,
+                    c=args.block_size, mamba_backend="torch", local_checkpoint_chunk=args.local_chunk,
                     valuable_subgoals=not args.no_subgoals)
     model = build_model("dmh", cfg).train()
     n = args.steps

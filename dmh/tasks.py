@@ -8,15 +8,19 @@ sub-goal), target return and online episode count per task live here as data (pa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dmh.data.cache import cached_path, load_or_build
+from dmh.data.d4rl import load_d4rl
 from dmh.data.format import EpisodeDataset, load_dataset
+from dmh.data.histories import check_learning, generate_histories, history_config, summarize_learning
+from dmh.data.tmaze import TMazeDataConfig, generate_tmaze
 from dmh.envs.core import BatchCore
 from dmh.envs.gridworld import FAMILIES, GridWorldCore, grid_family, tasks
+from dmh.envs.mujoco import D4RL_DATASETS, MUJOCO_SPECS, MujocoBatch, gym_env_id, mujoco_env_name
 from dmh.envs.tmaze import TMazeCore, check_memory_length
 from dmh.errors import DmhError
 
@@ -33,6 +37,7 @@ PAPER_N_C = {
     "d4rl": (4, 20),
 }
 D4RL_TARGET_RETURN = {"halfcheetah": 12000.0, "hopper": 3600.0, "walker2d": 5000.0}
+D4RL_RTG_SCALE = 1000.0  # the authors' code divides D4RL returns-to-go by 1000
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class TaskSpec:
     target_return: float  # the paper's test-time target return
     eval_episodes: int  # online episodes per test task (Grid World 20, Tmaze 20, D4RL 10)
     memory_length: int | None = None  # T-maze corridor length
+    rtg_scale: float = 1.0  # returns-to-go are divided by this in training and online (D4RL: 1000)
+    rtg_token: bool = False  # DM-H conditions its blocks on return-to-go (D4RL, as the authors' code; the paper's
+    # Grid World and T-maze DM-H has none)
 
 
 def resolve_task(name: str) -> TaskSpec:
@@ -64,16 +72,12 @@ def resolve_task(name: str) -> TaskSpec:
         length = check_memory_length(int(match.group(1)))
         n, c = PAPER_N_C["tmaze"]
         return TaskSpec(name, "tmaze", "dmh/TMaze-v0", length + 1, 2, 4, True, n, c, 1.0, 20, length)
-    from dmh.data.d4rl import D4RL_DATASETS
-
     if name in D4RL_DATASETS:
-        from dmh.envs.mujoco import MUJOCO_SPECS, gym_env_id, mujoco_env_name
-
         env = mujoco_env_name(name)
         spec = MUJOCO_SPECS[env]
         n, c = PAPER_N_C["d4rl"]
         return TaskSpec(name, "d4rl", gym_env_id(name), 1000, spec.obs_dim, spec.act_dim, False, n, c,
-                        D4RL_TARGET_RETURN[env], 10)
+                        D4RL_TARGET_RETURN[env], 10, rtg_scale=D4RL_RTG_SCALE, rtg_token=True)
     grid = ", ".join(f.name for f in FAMILIES.values())
     raise DmhError(f"unknown task {name!r}; valid: {grid}, tmaze-<L> (e.g. tmaze-1000), or a D4RL dataset such as "
                    f"hopper-medium-v2 ({', '.join(D4RL_DATASETS)})")
@@ -83,8 +87,6 @@ def task_dataset(spec: TaskSpec, data_steps: int, data_seed: int, dataset_path: 
                  data_dir: Path | None = None) -> EpisodeDataset:
     """The training data of a task: an explicit file, or generated on first use and cached by its settings."""
     if spec.kind == "d4rl":
-        from dmh.data.d4rl import load_d4rl
-
         return load_d4rl(spec.name, dataset_path)
     if dataset_path is not None:
         dataset = load_dataset(dataset_path)
@@ -94,10 +96,6 @@ def task_dataset(spec: TaskSpec, data_steps: int, data_seed: int, dataset_path: 
             raise DmhError(f"dataset {dataset_path} is for {made_for}, not for task {spec.name}")
         return dataset
     if spec.kind == "grid":
-        from dataclasses import asdict
-
-        from dmh.data.histories import check_learning, generate_histories, history_config, summarize_learning
-
         cfg = history_config(spec.name, steps=data_steps, seed=data_seed)
 
         def build() -> EpisodeDataset:
@@ -106,10 +104,6 @@ def task_dataset(spec: TaskSpec, data_steps: int, data_seed: int, dataset_path: 
             return data
 
         return load_or_build(cached_path(spec.name, asdict(cfg), data_dir), build)[0]
-    from dataclasses import asdict
-
-    from dmh.data.tmaze import TMazeDataConfig, generate_tmaze
-
     tcfg = TMazeDataConfig(memory_length=spec.memory_length, seed=data_seed)
     return load_or_build(cached_path(spec.name, asdict(tcfg), data_dir), lambda: generate_tmaze(tcfg))[0]
 
@@ -128,6 +122,4 @@ def make_eval_core(spec: TaskSpec, batch_size: int) -> BatchCore:
         return GridWorldCore(grid_family(spec.name), batch_size)
     if spec.kind == "tmaze":
         return TMazeCore(spec.memory_length, batch_size)
-    from dmh.envs.mujoco import MujocoBatch
-
     return MujocoBatch(spec.name, batch_size)

@@ -10,13 +10,21 @@ sequence length, which is what makes the 4000-step contexts affordable on a CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmh.models.blocks import ActionHead, ModelConfig, TimestepEmbedding, action_loss, loss_mask, shift_right
+from dmh.models.layers import (
+    ActionHead,
+    ContextShape,
+    ModelConfig,
+    TimestepEmbedding,
+    action_loss,
+    loss_mask,
+    shift_right,
+)
 from dmh.models.policy import Policy
 
 
@@ -26,6 +34,10 @@ class ADConfig(ModelConfig):
 
     backbone: Literal["transformer", "mamba"] = "transformer"  # AD (Transformer) vs AD (Mamba), paper §2.1
     context_len: int = 4000  # steps in a training window and in the transformer's online window (n * episode length)
+
+    @classmethod
+    def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
+        return {**super().fields_for(shape), "context_len": shape.n_context * shape.horizon}
 
 
 @dataclass

@@ -12,14 +12,22 @@ map, and is supervised on the same actions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dmh.models.blocks import ActionEmbedding, ActionHead, ModelConfig, TimestepEmbedding, action_loss, loss_mask
-from dmh.models.context import BlockLayout, block_layout, valuable_subgoal_index
+from dmh.models.block_layout import BlockLayout, block_layout, valuable_subgoal_index
+from dmh.models.layers import (
+    ActionEmbedding,
+    ActionHead,
+    ContextShape,
+    ModelConfig,
+    TimestepEmbedding,
+    action_loss,
+    loss_mask,
+)
 from dmh.models.policy import Policy
 
 
@@ -27,7 +35,7 @@ from dmh.models.policy import Policy
 class DMHConfig(ModelConfig):
     """DM-H. Options marked "item N" are the paper's open questions (paper.md §8.2), see docs/reproduction.md."""
 
-    block_size: int = 20  # c: steps per sub-goal / local context (paper: 20 for D4RL, Large Grid World, Tmaze; 5 Grid)
+    c: int = 20  # steps per sub-goal / local context (paper: 20 for D4RL, Large Grid World, Tmaze; 5 Grid)
     rtg_token: bool = False  # item 1: prepend a return-to-go token to every Mamba block (authors' code; paper: no)
     rtg_scale: float = 1.0  # the data layer divides returns-to-go by this; the policy does the same online
     z_dim: int | None = None  # sub-goal size; None = obs_dim, as the authors' code (item 9)
@@ -47,6 +55,18 @@ class DMHConfig(ModelConfig):
     train_blocks: int = 0  # blocks per context whose local sequences are decoded in a training loss (a random
     # subset; 0 = all): an unbiased estimate of the loss at a fraction of the local GPT's cost
 
+    @classmethod
+    def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
+        return {**super().fields_for(shape), "c": shape.c, "valuable_subgoals": shape.valuable_subgoals,
+                "rtg_scale": shape.rtg_scale, "rtg_token": shape.rtg_token}
+
+
+# The token order of a block in the high-level Mamba (§2.3): [RTG] s r_hat d. The opening tokens are known when the
+# block starts (z is read at its state token, so it sees only earlier blocks and s); the closing ones when it ends.
+BLOCK_TOKENS = ("rtg", "state", "reward_sum", "done")
+# The token order of one step in the local GPT (§2.4): z before each state, and a_t is read at the s_t token.
+LOCAL_TOKENS = ("z", "state", "action", "reward")
+LOCAL_STATE = LOCAL_TOKENS.index("state")
 
 class DecisionMambaHybrid(nn.Module):
     """DM-H: `forward(batch) -> [B, L, act_dim]`, `loss(batch)`, `policy(batch_size, target_return)`."""
@@ -54,9 +74,11 @@ class DecisionMambaHybrid(nn.Module):
     def __init__(self, cfg: DMHConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        d, c = cfg.d_model, cfg.block_size
+        d, c = cfg.d_model, cfg.c
         self.z_dim = cfg.z_dim or cfg.obs_dim
-        self.tokens_per_block = 1 if cfg.block_tokens == "fused" else (4 if cfg.rtg_token else 3)  # [RTG] s r_hat d
+        self.block_slots = BLOCK_TOKENS if cfg.rtg_token else BLOCK_TOKENS[1:]  # separate tokens, in order
+        self.state_slot = self.block_slots.index("state")  # z is read here; slots after it close the block
+        self.tokens_per_block = 1 if cfg.block_tokens == "fused" else len(self.block_slots)
         # high level: Mamba over block tokens
         self.embed_block_rtg = nn.Linear(1, d) if cfg.rtg_token else None
         self.embed_block_state = nn.Linear(cfg.obs_dim, d)
@@ -72,7 +94,7 @@ class DecisionMambaHybrid(nn.Module):
         self.embed_reward = nn.Linear(1, d)
         self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
         self.embed_ln = nn.LayerNorm(d)
-        self.gpt = cfg.gpt(4 * c)
+        self.gpt = cfg.gpt(len(LOCAL_TOKENS) * c)
         self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.valuable_subgoals:
@@ -84,11 +106,12 @@ class DecisionMambaHybrid(nn.Module):
         self, state: torch.Tensor, rtg: torch.Tensor | None, reward_sum: torch.Tensor, done: torch.Tensor
     ) -> torch.Tensor:
         """Per-block inputs [..., obs_dim], [...], [...], [...] bool -> Mamba tokens [..., tokens_per_block, d]."""
-        tokens = [self.embed_block_state(state), self.embed_block_reward(reward_sum.unsqueeze(-1)),
-                  self.embed_block_done(done.long())]
+        embedded = {"state": self.embed_block_state(state),
+                    "reward_sum": self.embed_block_reward(reward_sum.unsqueeze(-1)),
+                    "done": self.embed_block_done(done.long())}
         if self.embed_block_rtg is not None:
-            tokens.insert(0, self.embed_block_rtg(rtg.unsqueeze(-1)))
-        return self.drop(self.block_ln(torch.stack(tokens, dim=-2)))
+            embedded["rtg"] = self.embed_block_rtg(rtg.unsqueeze(-1))
+        return self.drop(self.block_ln(torch.stack([embedded[slot] for slot in self.block_slots], dim=-2)))
 
     def fused_block_token(
         self, state: torch.Tensor, rtg: torch.Tensor | None, prev_reward_sum: torch.Tensor, prev_done: torch.Tensor
@@ -129,7 +152,7 @@ class DecisionMambaHybrid(nn.Module):
         x = self.block_tokens(state, rtg, reward_sum, done)  # [B, NB, k, d]
         batch_size, n_blocks, k, d = x.shape
         h = self.mamba(x.reshape(batch_size, n_blocks * k, d)).reshape(batch_size, n_blocks, k, d)
-        return self.z_distribution(h[:, :, k - 3])  # z at the state token (after the optional RTG)
+        return self.z_distribution(h[:, :, self.state_slot])
 
     # ----------------------------------------------------------------------------------------------- low level
     def local_tokens(
@@ -150,13 +173,13 @@ class DecisionMambaHybrid(nn.Module):
 
         ``blocks`` [B, NB] bool restricts decoding to those blocks (other steps predict 0)."""
         blocks = layout.block_valid if blocks is None else blocks
-        c = self.cfg.block_size
+        c = self.cfg.c
         x = self.local_tokens(
             z[:, :, None].expand(*layout.index.shape, self.z_dim), layout.gather(batch["obs"]),
             layout.gather(batch["actions"]), layout.gather(batch["rewards"]), layout.gather(batch["timesteps"]),
         )  # [B, NB, c, 4, d]
         seqs = x[blocks].flatten(1, 2)  # [N_blocks, 4c, d], one local sequence per decoded block
-        h = self._run_gpt(seqs).unflatten(1, (c, 4))[:, :, 1]  # [N_blocks, c, d] at the state tokens
+        h = self._run_gpt(seqs).unflatten(1, (c, len(LOCAL_TOKENS)))[:, :, LOCAL_STATE]  # [N_blocks, c, d]
         per_slot = h.new_zeros(*layout.index.shape, h.shape[-1]).index_put((blocks,), h)
         return self.head(layout.scatter(per_slot, batch["obs"].shape[1]))
 
@@ -171,14 +194,14 @@ class DecisionMambaHybrid(nn.Module):
     # --------------------------------------------------------------------------------------------- interface
     def forward(self, batch: dict[str, torch.Tensor], z_mode: str | None = None) -> torch.Tensor:
         """Per-step action predictions [B, L, act_dim] from the z branch (z drawn per `z_train` / `z_eval`)."""
-        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.block_size)
+        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.c)
         mean, logvar = self.subgoals(batch, layout)
         mode = z_mode or (self.cfg.z_train if self.training else self.cfg.z_eval)
         return self.local_actions(batch, layout, self.draw_z(mean, logvar, mode))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Action loss of the z branch, plus `subgoal_loss_weight` x the f(s_g) branch's (same actions, same steps)."""
-        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.block_size)
+        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.c)
         mean, logvar = self.subgoals(batch, layout)
         mode = self.cfg.z_train if self.training else self.cfg.z_eval
         mask = loss_mask(batch, self.cfg.loss_on)
@@ -242,7 +265,7 @@ class DMHPolicy(Policy):
         self._prepare()
         m, b = self.model, self.batch_size
         self.mamba_state = m.mamba.init_state(b, self.device)
-        self.cache = m.gpt.init_state(b, self.device, unit=4)
+        self.cache = m.gpt.init_state(b, self.device, unit=len(LOCAL_TOKENS))
         self.z = torch.zeros(b, m.z_dim, device=self.device)
         self.pos = torch.zeros(b, dtype=torch.long, device=self.device)  # step within the current block
         self.reward_sum = torch.zeros(b, device=self.device)  # rewards so far in the current block
@@ -251,7 +274,7 @@ class DMHPolicy(Policy):
         self.prev_reward_sum = torch.zeros(b, device=self.device)  # fused block tokens: the previous block's r_hat
         self.prev_done = torch.ones(b, dtype=torch.bool, device=self.device)  # ... and d (a task starts an episode)
         if m.cfg.local_context == "sliding":  # the episode's last c steps: inputs, and how many are held per row
-            c = m.cfg.block_size
+            c = m.cfg.c
             self.window = {
                 "obs": torch.zeros(b, c, m.cfg.obs_dim, device=self.device),
                 "actions": (torch.full((b, c), -1, dtype=torch.long, device=self.device) if m.cfg.discrete
@@ -272,25 +295,26 @@ class DMHPolicy(Policy):
                 h = m.mamba.step_token(token, self.mamba_state, advance=starting)
             else:
                 blank = torch.zeros_like(self.rtg)
-                tokens = m.block_tokens(obs, self.rtg, blank, blank.bool())[..., : m.tokens_per_block - 2, :]
-                for i in range(tokens.shape[1]):  # [RTG,] s
-                    h = m.mamba.step_token(tokens[:, i], self.mamba_state, advance=starting)
+                opening = m.block_tokens(obs, self.rtg, blank, blank.bool())[:, : m.state_slot + 1]  # [RTG,] s
+                for i in range(opening.shape[1]):
+                    h = m.mamba.step_token(opening[:, i], self.mamba_state, advance=starting)
             z = m.draw_z(*m.z_distribution(h), self.z_mode, self.generator)
             self.z = torch.where(starting[:, None], z, self.z)
             m.gpt.reset_rows(self.cache, starting)
         if m.cfg.local_context == "sliding":
             return self._act_sliding(obs)
         x = m.local_tokens(self.z, obs, None, None, self.timestep)  # [B, 2, d]
-        return m.head(m.gpt.step(x, self.cache)[:, 1])
+        return m.head(m.gpt.step(x, self.cache)[:, LOCAL_STATE])
 
     def _act_sliding(self, obs: torch.Tensor) -> torch.Tensor:
         m, rows, n = self.model, torch.arange(self.batch_size, device=self.device), self.window_len
         self.window["obs"][rows, n] = obs
         self.window["timesteps"][rows, n] = self.timestep
         w = self.window
-        z = self.z[:, None].expand(-1, m.cfg.block_size, -1)
+        z = self.z[:, None].expand(-1, m.cfg.c, -1)
         x = m.local_tokens(z, w["obs"], w["actions"], w["rewards"], w["timesteps"]).flatten(1, 2)  # [B, 4c, d]
-        return m.head(m.gpt(x)[rows, 4 * n + 1])  # slots after the current s are stale but causally invisible
+        at_state = len(LOCAL_TOKENS) * n + LOCAL_STATE  # [B]; later slots are stale but causally invisible
+        return m.head(m.gpt(x)[rows, at_state])
 
     @torch.no_grad()
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
@@ -300,26 +324,26 @@ class DMHPolicy(Policy):
             self._observe_sliding(action, reward, done)
         else:
             x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
-                               action, reward, self.timestep)[:, 2:]  # [B, 2, d] = (a, r)
+                               action, reward, self.timestep)[:, LOCAL_STATE + 1 :]  # [B, 2, d] = (a, r)
             m.gpt.step(x, self.cache)
         self.reward_sum = self.reward_sum + reward
         self.pos = self.pos + 1
-        ending = (self.pos == m.cfg.block_size) | done  # [B] rows whose block is complete
+        ending = (self.pos == m.cfg.c) | done  # [B] rows whose block is complete
         if bool(ending.any()):
             if m.cfg.block_tokens == "fused":  # r_hat and d enter the Mamba with the next block's token
                 self.prev_reward_sum = torch.where(ending, self.reward_sum, self.prev_reward_sum)
                 self.prev_done = torch.where(ending, done, self.prev_done)
             else:
-                tokens = m.block_tokens(torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device), self.rtg,
-                                        self.reward_sum, done)[..., -2:, :]  # r_hat, d
-                for i in range(2):
-                    m.mamba.step_token(tokens[:, i], self.mamba_state, advance=ending)
+                closing = m.block_tokens(torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device), self.rtg,
+                                         self.reward_sum, done)[:, m.state_slot + 1 :]  # r_hat, d
+                for i in range(closing.shape[1]):
+                    m.mamba.step_token(closing[:, i], self.mamba_state, advance=ending)
             self.reward_sum = self.reward_sum.masked_fill(ending, 0.0)
             self.pos = self.pos.masked_fill(ending, 0)
         self.rtg = torch.where(done, self.target, self.rtg - reward / m.cfg.rtg_scale)
 
     def _observe_sliding(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
-        rows, c = torch.arange(self.batch_size, device=self.device), self.model.cfg.block_size
+        rows, c = torch.arange(self.batch_size, device=self.device), self.model.cfg.c
         self.window["actions"][rows, self.window_len] = action
         self.window["rewards"][rows, self.window_len] = reward
         self.window_len = self.window_len + 1

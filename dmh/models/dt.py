@@ -7,12 +7,19 @@ t is read from the output at its state token. The context is a window of `contex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from dmh.models.blocks import ActionEmbedding, ActionHead, ModelConfig, TimestepEmbedding, action_loss
+from dmh.models.layers import (
+    ActionEmbedding,
+    ActionHead,
+    ContextShape,
+    ModelConfig,
+    TimestepEmbedding,
+    action_loss,
+)
 from dmh.models.policy import Policy
 
 
@@ -23,6 +30,10 @@ class DTConfig(ModelConfig):
     backbone: Literal["transformer", "mamba"] = "transformer"  # DT: GPT; DM: Mamba (paper §2.1)
     context_len: int = 20  # K, steps per training window and online window (Tmaze: the horizon, paper §4.2)
     rtg_scale: float = 1.0  # the data layer divides returns-to-go by this; the policy does the same online
+
+    @classmethod
+    def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
+        return {**super().fields_for(shape), "context_len": shape.episode_window, "rtg_scale": shape.rtg_scale}
 
 
 @dataclass
@@ -54,11 +65,17 @@ class DecisionTransformer(nn.Module):
         self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
 
     def embed(
-        self, rtg: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor | None, t: torch.Tensor
+        self, rtg: torch.Tensor | None, obs: torch.Tensor | None, actions: torch.Tensor | None, t: torch.Tensor
     ) -> torch.Tensor:
-        """rtg [B, L], obs [B, L, obs_dim], actions [B, L(, act_dim)] or None, t [B, L] -> [B, L, 2 or 3, d]."""
+        """The given tokens of each step, in (rtg, s, a) order, each plus the timestep embedding: rtg [B, L],
+        obs [B, L, obs_dim], actions [B, L(, act_dim)], t [B, L] -> [B, L, tokens given, d]. Online, the policy
+        embeds (rtg, s) before acting and a after it."""
         time = self.embed_timestep(t)
-        tokens = [self.embed_rtg(rtg.unsqueeze(-1)) + time, self.embed_state(obs) + time]
+        tokens = []
+        if rtg is not None:
+            tokens.append(self.embed_rtg(rtg.unsqueeze(-1)) + time)
+        if obs is not None:
+            tokens.append(self.embed_state(obs) + time)
         if actions is not None:
             tokens.append(self.embed_action(actions) + time)
         return self.drop(self.embed_ln(torch.stack(tokens, dim=2)))
@@ -106,8 +123,8 @@ class DTPolicy(Policy):
     @torch.no_grad()
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
         m = self.model
-        a = m.drop(m.embed_ln(m.embed_action(self._action(action)) + m.embed_timestep(self.timestep)))  # [B, d]
-        m.backbone.step(a[:, None], self.state)
+        a = m.embed(None, None, self._action(action)[:, None], self.timestep[:, None])  # [B, 1, 1, d]
+        m.backbone.step(a[:, 0], self.state)
         done = self._as(done, torch.bool)
         self.rtg = torch.where(done, self.target, self.rtg - self._as(reward, torch.float32) / m.cfg.rtg_scale)
         m.backbone.reset_rows(self.state, done)

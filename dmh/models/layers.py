@@ -1,17 +1,35 @@
-"""Building blocks shared by every model: the common config, embeddings, the causal GPT with its inference cache, the
+"""Layers shared by every model: the common config (which builds the GPT and Mamba backbones), the embeddings, the
 action head and the action loss. Each model file only arranges these into its own token sequence.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmh.models.gpt import GPT
 from dmh.models.mamba import Backend, MambaBackbone
+
+
+@dataclass(frozen=True)
+class ContextShape:
+    """What a task and a training configuration fix about a model: the data's sizes and the context's n and c.
+    The training layer fills it; each config class picks the fields it needs (``ModelConfig.fields_for``)."""
+
+    obs_dim: int  # observation size
+    act_dim: int  # number of actions (discrete) or action size (continuous)
+    discrete: bool  # categorical actions
+    horizon: int  # longest episode
+    n_context: int  # episodes per across-episodic context (AD, DM-H)
+    c: int  # DM-H steps per sub-goal
+    episode_window: int  # steps per single-episode window (DT, DM)
+    rtg_scale: float  # returns-to-go are divided by this (the task's scale)
+    rtg_token: bool  # DM-H conditions its blocks on return-to-go (the task decides)
+    valuable_subgoals: bool  # DM-H's valuable-sub-goal branch (off = the paper's ablation)
 
 
 @dataclass
@@ -40,6 +58,11 @@ class ModelConfig:
     loss_on: Literal["all", "last_episode"] = "all"  # steps supervised: all valid steps, or only the context's last
     # episode (authors' code for DM-H, §8.2 item 7); single-episode models (DT, DM) ignore it
 
+    @classmethod
+    def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
+        """The config fields a task and a context fix for this model (each model class adds its own)."""
+        return dict(obs_dim=shape.obs_dim, act_dim=shape.act_dim, discrete=shape.discrete, max_timestep=shape.horizon)
+
     def mamba(self, n_layer: int | None = None) -> MambaBackbone:
         """A Mamba backbone built from these fields."""
         return MambaBackbone(
@@ -54,176 +77,6 @@ class ModelConfig:
             self.d_model, self.n_layer, self.n_head, max_tokens, dropout=self.dropout, activation=self.activation,
             position_embedding=position_embedding,
         )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Causal GPT with a per-row KV cache
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KVCache:
-    """Inference context of a GPT: per-row keys/values, plus the block inputs so a full row can slide its window.
-
-    Rows are independent: each has its own `length` (tokens held), so one row can start a new episode (DT) or block
-    (DM-H) while others carry on.
-    """
-
-    k: list[torch.Tensor]  # per layer [B, max_tokens, n_head, head_dim]
-    v: list[torch.Tensor]  # per layer [B, max_tokens, n_head, head_dim]
-    inputs: torch.Tensor  # [B, max_tokens, d_model] token embeddings fed to the GPT (to re-encode a slid window)
-    length: torch.Tensor  # [B] int64 tokens currently held per row
-    unit: int  # tokens per environment step: a full window drops whole steps
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_head: int, dropout: float) -> None:
-        super().__init__()
-        if d_model % n_head:
-            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
-        self.n_head = n_head
-        self.c_attn = nn.Linear(d_model, 3 * d_model)
-        self.c_proj = nn.Linear(d_model, d_model)
-        self.attn_dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D]. Without a cache: causal attention within x. With a cache: x holds new tokens at per-row
-        positions `pos [B, T]`; they are written into the cache and attend to everything before them.
-        Returns (y [B, T, D], k, v) with k, v [B, T, H, hd] so a caller can fill a cache from a full pass."""
-        batch, length, d = x.shape
-        q, k, v = self.c_attn(x).view(batch, length, 3, self.n_head, d // self.n_head).unbind(2)  # [B, T, H, hd]
-        p = self.attn_dropout if self.training else 0.0
-        if cache is None:
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p,
-                                               is_causal=True)  # [B, H, T, hd]
-        else:
-            rows = torch.arange(batch, device=x.device)[:, None]  # [B, 1]
-            cache.k[layer][rows, pos] = k
-            cache.v[layer][rows, pos] = v
-            keys = torch.arange(cache.k[layer].shape[1], device=x.device)  # [max_tokens]
-            mask = keys[None, None, :] <= pos[:, :, None]  # [B, T, max_tokens]: stale slots lie after pos
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[layer].transpose(1, 2),
-                                               cache.v[layer].transpose(1, 2), attn_mask=mask[:, None], dropout_p=p)
-        y = y.transpose(1, 2).reshape(batch, length, d)
-        return self.resid_dropout(self.c_proj(y)), k, v
-
-
-class GPTBlock(nn.Module):
-    """GPT-2 block (pre-LayerNorm attention and MLP), as in the Decision Transformer's `trajectory_gpt2`."""
-
-    def __init__(self, d_model: int, n_head: int, dropout: float, activation: str) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_head, dropout)
-        self.ln_2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, 4 * d_model),
-            nn.ReLU() if activation == "relu" else nn.GELU(),
-            nn.Linear(4 * d_model, d_model),
-            nn.Dropout(dropout),
-        )
-
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, k, v = self.attn(self.ln_1(x), cache, layer, pos)
-        x = x + a
-        return x + self.mlp(self.ln_2(x)), k, v
-
-
-class GPT(nn.Module):
-    """Causal GPT over already-embedded tokens, with an optional learned position embedding.
-
-    Shares the backbone interface of `mamba.MambaBackbone`: `forward` for training, `init_state` / `step` /
-    `reset_rows` for online inference with a KV cache of at most `max_tokens` tokens per row (a bounded window).
-    """
-
-    def __init__(
-        self, d_model: int, n_layer: int, n_head: int, max_tokens: int, dropout: float = 0.1,
-        activation: str = "relu", position_embedding: bool = False,
-    ) -> None:
-        super().__init__()
-        self.d_model, self.n_head, self.max_tokens = d_model, n_head, max_tokens
-        self.wpe = nn.Embedding(max_tokens, d_model) if position_embedding else None
-        self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList([GPTBlock(d_model, n_head, dropout, activation) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(d_model)
-
-    def _embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.drop(x if self.wpe is None else x + self.wpe(pos))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, D] -> [B, T, D], causal; T <= max_tokens when a position embedding is used."""
-        out, _ = self._forward_kv(x)
-        return out
-
-    def _forward_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        if self.wpe is not None and x.shape[1] > self.max_tokens:
-            raise ValueError(f"{x.shape[1]} tokens exceed the position embedding's {self.max_tokens} (context_len)")
-        h = self._embed(x, torch.arange(x.shape[1], device=x.device))
-        kvs = []
-        for block in self.h:
-            h, k, v = block(h)
-            kvs.append((k, v))
-        return self.ln_f(h), kvs
-
-    def init_state(self, batch_size: int, device: torch.device | None = None, unit: int = 1) -> KVCache:
-        """Empty cache; `unit` = tokens per environment step (the window slides by whole steps)."""
-        device = device or self.ln_f.weight.device
-        hd = self.d_model // self.n_head
-        shape = (batch_size, self.max_tokens, self.n_head, hd)
-        return KVCache(
-            k=[torch.zeros(shape, device=device) for _ in self.h],
-            v=[torch.zeros(shape, device=device) for _ in self.h],
-            inputs=torch.zeros(batch_size, self.max_tokens, self.d_model, device=device),
-            length=torch.zeros(batch_size, dtype=torch.long, device=device),
-            unit=unit,
-        )
-
-    def reset_rows(self, cache: KVCache, rows: torch.Tensor) -> None:
-        """Forget the context of rows [B] bool (a new episode for DT, a new block for DM-H's local GPT)."""
-        cache.length = cache.length.masked_fill(rows, 0)
-
-    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Append n new tokens x [B, n, D] to every row's context -> outputs [B, n, D].
-
-        Rows whose window would overflow first drop their oldest whole steps and re-encode what is left, so each row
-        always attends to at most `max_tokens` tokens, exactly as a training window of that size would.
-        """
-        n = x.shape[1]
-        self._slide_full_rows(cache, n)
-        pos = cache.length[:, None] + torch.arange(n, device=x.device)  # [B, n]
-        rows = torch.arange(x.shape[0], device=x.device)[:, None]
-        cache.inputs[rows, pos] = x
-        h = self._embed(x, pos)
-        for i, block in enumerate(self.h):
-            h, _, _ = block(h, cache, i, pos)
-        cache.length = cache.length + n
-        return self.ln_f(h)
-
-    def _slide_full_rows(self, cache: KVCache, n: int) -> None:
-        over = cache.length + n - self.max_tokens  # [B] tokens too many
-        if not bool((over > 0).any()):
-            return
-        for length in cache.length[over > 0].unique().tolist():
-            rows = (cache.length == length).nonzero().squeeze(1)  # rows with the same fill re-encode together
-            drop = -(-(length + n - self.max_tokens) // cache.unit) * cache.unit  # whole steps
-            keep = cache.inputs[rows, drop:length]  # [R, length - drop, D]
-            _, kvs = self._forward_kv(keep)
-            kept = keep.shape[1]
-            for i, (k, v) in enumerate(kvs):
-                cache.k[i][rows, :kept] = k
-                cache.v[i][rows, :kept] = v
-            cache.inputs[rows, :kept] = keep
-            cache.length[rows] = kept
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Embeddings, action head, loss
-# ----------------------------------------------------------------------------------------------------------------------
 
 
 class ActionEmbedding(nn.Module):

@@ -185,16 +185,17 @@ class Mamba(nn.Module):
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
 
+    def backend_on(self, device: torch.device) -> str:
+        """The compute path for inputs on `device`: `auto` picks cuda only on a CUDA device with mamba-ssm."""
+        if self.backend == "cuda" or (self.backend == "auto" and device.type == "cuda" and mamba_ssm_available()):
+            return "cuda"
+        return "torch"
+
     def resolved_backend(self, x: torch.Tensor) -> str:
-        """The compute path for input `x`: `cuda` needs CUDA tensors; `auto` picks cuda only if it can run."""
-        if self.backend == "cuda":
-            if not x.is_cuda:
-                raise RuntimeError("mamba_backend='cuda' but the inputs are not on a CUDA device")
-            chosen = "cuda"
-        elif self.backend == "auto" and x.is_cuda and mamba_ssm_available():
-            chosen = "cuda"
-        else:
-            chosen = "torch"
+        """The compute path for input `x` (:meth:`backend_on`); `cuda` with inputs elsewhere is an error."""
+        if self.backend == "cuda" and not x.is_cuda:
+            raise RuntimeError("mamba_backend='cuda' but the inputs are not on a CUDA device")
+        chosen = self.backend_on(x.device)
         if chosen != self._logged_backend:
             log.info("Mamba block (requested backend %s) runs the %s selective scan", self.backend, chosen)
             self._logged_backend = chosen
@@ -325,3 +326,13 @@ class MambaBackbone(nn.Module):
         for s in state:
             s.conv = s.conv.masked_fill(rows[:, None, None], 0.0)
             s.ssm = s.ssm.masked_fill(rows[:, None, None], 0.0)
+
+
+def scan_backend(model: nn.Module) -> str:
+    """The selective-scan path `model`'s Mamba blocks take on the device its parameters are on: "cuda", "torch",
+    or "none" for a model without Mamba blocks (what a run records; asked of the model, not re-derived)."""
+    blocks = [m for m in model.modules() if isinstance(m, Mamba)]
+    if not blocks:
+        return "none"
+    device = next(model.parameters()).device
+    return ",".join(sorted({block.backend_on(device) for block in blocks}))

@@ -17,8 +17,9 @@ from torch import nn
 from dmh.errors import DmhError
 from dmh.io import atomic_path
 from dmh.models import build_model, config_class
+from dmh.vocabulary import RUNTIME_FIELDS
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: DM-H's model config names the block size c (format 1 called it block_size)
 
 
 def rng_state(sampler_rng: np.random.Generator) -> dict[str, Any]:
@@ -56,8 +57,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
         raise DmhError(f"{path} is not a readable dmh checkpoint: {str(exc).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (1, CHECKPOINT_FORMAT):
         raise DmhError(f"{path} is not a dmh checkpoint of format {CHECKPOINT_FORMAT}")
+    if payload["format"] == 1 and "block_size" in payload.get("model_config", {}):
+        payload["model_config"]["c"] = payload["model_config"].pop("block_size")
     return payload
 
 
@@ -76,10 +79,6 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     except RuntimeError as exc:
         first = str(exc).splitlines()[1:3]
         raise DmhError(f"{source} is from a different architecture: {' '.join(s.strip() for s in first)}") from None
-
-
-# Where a run executes, not what it computes: a checkpoint made on a GPU may continue on a CPU and vice versa.
-RUNTIME_FIELDS = ("threads", "device")
 
 
 def config_differences(saved: dict[str, Any], current: Any) -> list[str]:

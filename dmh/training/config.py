@@ -4,7 +4,10 @@ overrides on top, validated as a whole before any work starts. The resolved conf
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +16,11 @@ import torch
 import yaml
 
 from dmh.errors import DmhError
-from dmh.models import MODELS, config_class
+from dmh.models import ALGORITHMS, config_class
 from dmh.tasks import TaskSpec, resolve_task
+from dmh.vocabulary import RUNTIME_FIELDS
 
-ALGOS = tuple(MODELS)
+ALGOS = tuple(ALGORITHMS)
 
 
 @dataclass
@@ -120,9 +124,21 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], source: s
             values[key] = value
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (``--set``) → ``{key: typed value}``; bad syntax is a ``DmhError``."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise DmhError(f"--set expects key=value, got {item!r}")
+        parsed[key.strip()] = parse_value(text.strip())
+    return parsed
+
+
 def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = None, config_file: str | None = None,
-                sets: list[str] | None = None) -> TrainConfig:
-    """Defaults → preset → YAML file → ``key=value`` overrides → validation. Returns the resolved config."""
+                sets: list[str] | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults → preset → YAML file → ``key=value`` strings (``sets``, the command line) → already parsed
+    ``overrides`` (a sweep's cell) → validation. Returns the resolved config."""
     if preset not in PRESETS:
         raise DmhError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     values = dataclasses.asdict(TrainConfig())
@@ -141,11 +157,8 @@ def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = No
         if not isinstance(loaded, dict):
             raise DmhError(f"config file {path} must hold a mapping of settings")
         apply_overrides(values, loaded, str(path))
-    for item in sets or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise DmhError(f"--set expects key=value, got {item!r}")
-        apply_overrides(values, {key.strip(): parse_value(text.strip())}, "--set")
+    apply_overrides(values, parse_sets(sets or []), "--set")
+    apply_overrides(values, dict(overrides or {}), "settings")
     values.update(algo=algo, task=task, preset=preset)
     if seed is not None:
         values["seed"] = seed
@@ -154,19 +167,47 @@ def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = No
     return cfg
 
 
-def resolved(cfg: TrainConfig) -> tuple[TaskSpec, int, int]:
-    """The task spec and the effective (n_context, c)."""
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a config from ``dataclasses.asdict(cfg)`` (a checkpoint's or a sweep cell's) and validate it."""
+    unknown = sorted(set(values) - FIELD_NAMES)
+    if unknown:
+        raise DmhError(f"unknown setting(s) {', '.join(unknown)}")
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A config with its task's defaults filled in, computed once per run (:func:`resolve`)."""
+
+    cfg: TrainConfig
+    spec: TaskSpec  # the task
+    n_context: int  # episodes per across-episodic context (the config's, else the paper's for the task)
+    c: int  # DM-H steps per sub-goal (the config's, else the paper's for the task)
+
+    @property
+    def run_name(self) -> str:
+        """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run (on
+        any device and thread count: those do not change what a run computes)."""
+        fields = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RUNTIME_FIELDS}
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.cfg.algo}_{self.cfg.task}_n{self.n_context}_c{self.c}_s{self.cfg.seed}_{digest}"
+
+
+def resolve(cfg: TrainConfig) -> Resolved:
+    """The task spec and the effective n_context and c (the task's unknown names are a ``DmhError``)."""
     spec = resolve_task(cfg.task)
-    n = spec.n_context if cfg.n_context is None else cfg.n_context
-    c = spec.c if cfg.c is None else cfg.c
-    return spec, n, c
+    return Resolved(cfg, spec, spec.n_context if cfg.n_context is None else cfg.n_context,
+                    spec.c if cfg.c is None else cfg.c)
 
 
-def validate(cfg: TrainConfig) -> TaskSpec:
-    """Reject a bad configuration with a message naming the field, before any work starts."""
+def validate(cfg: TrainConfig) -> Resolved:
+    """Reject a bad configuration with a message naming the field, before any work starts; returns it resolved."""
     if cfg.algo not in ALGOS:
         raise DmhError(f"algo: unknown algo {cfg.algo!r}; valid: {', '.join(ALGOS)}")
-    spec, n, c = resolved(cfg)
+    setup = resolve(cfg)
+    spec, n, c = setup.spec, setup.n_context, setup.c
     for name in ("steps", "batch_size"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
             raise DmhError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
@@ -192,7 +233,7 @@ def validate(cfg: TrainConfig) -> TaskSpec:
     unknown = sorted(set(cfg.model) - allowed)
     if unknown:
         raise DmhError(f"model: unknown field(s) {', '.join(unknown)} for algo {cfg.algo}")
-    return spec
+    return setup
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -12,47 +12,39 @@ from typing import Any
 
 import numpy as np
 
+from dmh.data.d4rl import normalized_score
 from dmh.errors import DmhError
-from dmh.evaluation.online import EvalResult
-from dmh.tracking import TrackedRun
+from dmh.evaluation.online import EvalResult, evaluate_online
+from dmh.models import scan_backend
+from dmh.tasks import resolve_task
+from dmh.tracking import TrackedRun, default_tracking_uri
 from dmh.training.checkpoint import load_checkpoint, model_from_checkpoint
-from dmh.training.config import TrainConfig, resolved, to_yaml, torch_device
-from dmh.training.train import Trainer, TrainResult, offline_hours_per_10k, run_name
+from dmh.training.config import TrainConfig, to_yaml, torch_device
+from dmh.training.train import Trainer, TrainResult, offline_hours_per_10k
+from dmh.vocabulary import Metric, Tag
 
 log = logging.getLogger("dmh")
 
 
-def run_params(cfg: TrainConfig, trainer: Trainer) -> dict[str, Any]:
-    """Every resolved config field, with the effective n and c, the env id and the Mamba backend."""
-    spec, n, c = resolved(cfg)
-    params = dataclasses.asdict(cfg)
-    params.update(n_context=n, c=c, env=spec.env_id, backend=mamba_backend(trainer))
+def run_params(trainer: Trainer) -> dict[str, Any]:
+    """Every resolved config field, with the effective n and c, the env id and the Mamba backend the model takes."""
+    setup = trainer.setup
+    params = dataclasses.asdict(trainer.cfg)
+    params.update(n_context=setup.n_context, c=setup.c, env=setup.spec.env_id, backend=scan_backend(trainer.model))
     params["model"] = dataclasses.asdict(trainer.model_cfg)
     return params
-
-
-def mamba_backend(trainer: Trainer) -> str:
-    """The selective-scan path this run's Mamba blocks take ("none" for transformer-only models)."""
-    if trainer.cfg.algo in ("dt", "ad-transformer"):
-        return "none"
-    requested = trainer.model_cfg.mamba_backend
-    from dmh.models import mamba_ssm_available
-
-    return "cuda" if requested == "cuda" or (requested == "auto" and mamba_ssm_available()) else "torch"
 
 
 def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dict[str, float]:
     """The paper's numbers: in-context curve, last-episode return, D4RL normalised score, Table 4 timings."""
     run.log_curve(result.returns)
     metrics = {
-        "eval/last_return": result.last_return,
-        "time/online_min": result.online_seconds / 60,
-        "time/offline_h_per_10k_updates": offline_hours_per_10k(trainer.train_seconds, trainer.step),
+        Metric.LAST_RETURN: result.last_return,
+        Metric.ONLINE_MIN: result.online_seconds / 60,
+        Metric.OFFLINE_H_PER_10K: offline_hours_per_10k(trainer.train_seconds, trainer.step),
     }
     if trainer.spec.kind == "d4rl":
-        from dmh.data.d4rl import normalized_score
-
-        metrics["eval/normalized_score"] = float(np.mean(normalized_score(trainer.spec.name, result.returns[:, -1])))
+        metrics[Metric.NORMALIZED_SCORE] = float(np.mean(normalized_score(trainer.spec.name, result.returns[:, -1])))
     run.log_metrics(metrics, step=trainer.step)
     return metrics
 
@@ -71,15 +63,16 @@ def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None =
     elif trainer.checkpoint_path.exists():
         raise DmhError(f"{trainer.checkpoint_path} already exists: pass --resume to continue that run, or change "
                        "--seed / run_dir")
-    with TrackedRun(cfg.experiment, run_name=run_name(cfg), params=run_params(cfg, trainer), run_id=trainer.run_id,
-                    tags={"task": cfg.task, "algo": cfg.algo, **(tags or {})}, tracking_uri=tracking_uri) as run:
+    name = trainer.setup.run_name
+    with TrackedRun(cfg.experiment, run_name=name, params=run_params(trainer), run_id=trainer.run_id,
+                    tags={Tag.TASK: cfg.task, Tag.ALGO: cfg.algo, **(tags or {})}, tracking_uri=tracking_uri) as run:
         trainer.tracker = run
         trainer.run_id = run.run_id
         run.log_text(to_yaml(cfg), "config.yaml")
         result = trainer.fit()
         metrics = log_evaluation(run, trainer, result.evaluation)
         run.log_artifact(result.checkpoint, "checkpoint")
-        log.info("finished %s: last-episode return %.3f (%s)", run_name(cfg), result.evaluation.last_return,
+        log.info("finished %s: last-episode return %.3f (%s)", name, result.evaluation.last_return,
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return result
 
@@ -89,9 +82,6 @@ def evaluate_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None,
     """Online evaluation of a checkpoint (or of an MLflow run's final checkpoint), logged back to its run."""
     payload = load_checkpoint(checkpoint)
     cfg = TrainConfig(**payload["config"])
-    from dmh.evaluation.online import evaluate_online
-    from dmh.tasks import resolve_task
-
     model = model_from_checkpoint(payload).to(torch_device("auto"))  # this machine's GPU if it has one
     spec = resolve_task(cfg.task)
     result = evaluate_online(model, spec, payload["obs_mean"].numpy(), payload["obs_std"].numpy(),
@@ -99,16 +89,14 @@ def evaluate_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None,
                              seed=cfg.seed + 10_000, sample=cfg.eval_sample)
     if log_to_run and payload.get("run_id"):
         with TrackedRun(cfg.experiment, run_id=payload["run_id"], tracking_uri=tracking_uri) as run:
-            run.log_metrics({"eval/last_return": result.last_return, "time/online_min": result.online_seconds / 60},
+            run.log_metrics({Metric.LAST_RETURN: result.last_return, Metric.ONLINE_MIN: result.online_seconds / 60},
                             step=payload["step"])
     return result
 
 
 def checkpoint_of_run(run_id: str, tracking_uri: str | None = None) -> Path:
     """Download a run's final checkpoint artifact to a temporary folder."""
-    import mlflow
-
-    from dmh.tracking import default_tracking_uri
+    import mlflow  # here, like in dmh.tracking: importing mlflow costs a second that bad arguments should not pay
 
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",

@@ -5,8 +5,6 @@ final online evaluation, all recorded in one MLflow run. Read top to bottom: set
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import random
@@ -22,23 +20,21 @@ import torch
 from dmh.data.format import EpisodeDataset
 from dmh.errors import DmhError
 from dmh.evaluation.online import EvalResult, evaluate_online
-from dmh.models import build_model, config_class
+from dmh.models import ContextShape, ModelConfig, algorithm, build_model
 from dmh.progress import progress
 from dmh.tasks import TaskSpec, task_dataset
 from dmh.training.checkpoint import (
-    RUNTIME_FIELDS,
     config_differences,
     load_checkpoint,
     restore_rng,
     rng_state,
     save_checkpoint,
 )
-from dmh.training.config import TrainConfig, resolved, torch_device, validate
+from dmh.training.config import Resolved, TrainConfig, torch_device, validate
 from dmh.training.contexts import ContextSampler, ContextSpec
+from dmh.vocabulary import Metric
 
 log = logging.getLogger("dmh")
-CONTEXT_KIND = {"dmh": "sorted", "ad-transformer": "history", "ad-mamba": "history", "dt": "episode", "dm": "episode"}
-D4RL_RTG_SCALE = 1000.0  # the authors' code divides D4RL returns-to-go by 1000
 
 
 def seed_everything(seed: int) -> None:
@@ -48,44 +44,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_name(cfg: TrainConfig) -> str:
-    """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run (on any
-    device and thread count: those do not change what a run computes)."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNTIME_FIELDS}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-    _, n, c = resolved(cfg)
-    return f"{cfg.algo}_{cfg.task}_n{n}_c{c}_s{cfg.seed}_{digest}"
+def model_config(setup: Resolved) -> ModelConfig:
+    """The model's config dataclass for this run: what the task and context fix, then the preset's overrides."""
+    cfg, spec = setup.cfg, setup.spec
+    shape = ContextShape(obs_dim=spec.obs_dim, act_dim=spec.act_dim, discrete=spec.discrete, horizon=spec.horizon,
+                         n_context=setup.n_context, c=setup.c, episode_window=episode_window(cfg, spec),
+                         rtg_scale=spec.rtg_scale, rtg_token=spec.rtg_token, valuable_subgoals=cfg.valuable_subgoals)
+    config_cls = algorithm(cfg.algo).config
+    return config_cls(**{**config_cls.fields_for(shape), **cfg.model})
 
 
-def model_config(cfg: TrainConfig, spec: TaskSpec) -> Any:
-    """The model's config dataclass for this task: sizes from the task, the paper's n and c, preset overrides."""
-    _, n, c = resolved(cfg)
-    rtg_scale = D4RL_RTG_SCALE if spec.kind == "d4rl" else 1.0
-    values: dict[str, Any] = dict(obs_dim=spec.obs_dim, act_dim=spec.act_dim, discrete=spec.discrete,
-                                  max_timestep=spec.horizon)
-    if cfg.algo == "dmh":
-        values.update(block_size=c, valuable_subgoals=cfg.valuable_subgoals, rtg_scale=rtg_scale,
-                      rtg_token=spec.kind == "d4rl")
-    elif cfg.algo in ("dt", "dm"):
-        values.update(context_len=context_len(cfg, spec), rtg_scale=rtg_scale)
-    else:
-        values.update(context_len=n * spec.horizon)
-    values.update(cfg.model)
-    return config_class(cfg.algo)(**values)
-
-
-def context_len(cfg: TrainConfig, spec: TaskSpec) -> int:
+def episode_window(cfg: TrainConfig, spec: TaskSpec) -> int:
     """DT/DM window: the whole episode (the paper's Tmaze setting; Grid World episodes are short) or 20 for D4RL."""
     return cfg.dt_context_len or (20 if spec.kind == "d4rl" else spec.horizon)
 
 
-def context_spec(cfg: TrainConfig, spec: TaskSpec, data: EpisodeDataset) -> ContextSpec:
-    _, n, _ = resolved(cfg)
+def context_spec(setup: Resolved, data: EpisodeDataset) -> ContextSpec:
+    cfg, spec, n = setup.cfg, setup.spec, setup.n_context
     per_history = max(1, data.num_episodes // max(1, len(np.unique(data.episode_history))))
     stride = cfg.history_stride or max(1, per_history // (2 * n))
     window = cfg.context_sampling == "window" or (cfg.context_sampling == "auto" and spec.kind == "grid")
-    return ContextSpec(kind=CONTEXT_KIND[cfg.algo], n_context=n, stride=stride, window=window,
-                       episode_len=context_len(cfg, spec), rtg_scale=D4RL_RTG_SCALE if spec.kind == "d4rl" else 1.0)
+    return ContextSpec(kind=algorithm(cfg.algo).context, n_context=n, stride=stride, window=window,
+                       episode_len=episode_window(cfg, spec), rtg_scale=spec.rtg_scale)
 
 
 def observation_stats(data: EpisodeDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +92,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, tracker: Any = None,
                  on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None) -> None:
-        self.spec = validate(cfg)
+        self.setup = validate(cfg)  # the task resolved once for the whole run
+        self.spec = self.setup.spec
         self.device = torch_device(cfg.device)  # before any work: cuda on a machine without it fails here
         self.cfg = cfg
         self.tracker = tracker
@@ -123,16 +104,16 @@ class Trainer:
         self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path,
                                  Path(cfg.data_dir) if cfg.data_dir else None)
         self.obs_mean, self.obs_std = observation_stats(self.data)
-        self.sampler = ContextSampler(self.data, context_spec(cfg, self.spec, self.data), self.obs_mean, self.obs_std,
+        self.sampler = ContextSampler(self.data, context_spec(self.setup, self.data), self.obs_mean, self.obs_std,
                                       seed=cfg.seed)
-        self.model_cfg = model_config(cfg, self.spec)
+        self.model_cfg = model_config(self.setup)
         self.model = build_model(cfg.algo, self.model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
         self.step = 0
         self.train_seconds = 0.0
-        self.run_dir = Path(cfg.run_dir) / run_name(cfg)
+        self.run_dir = Path(cfg.run_dir) / self.setup.run_name
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
         self.run_id: str | None = None
         self.last_loss = math.nan
@@ -159,7 +140,7 @@ class Trainer:
     def save(self) -> None:
         save_checkpoint(self.checkpoint_path, self.state())
         if self.on_checkpoint is not None:
-            self.on_checkpoint(self.checkpoint_path, self.step, {"train/loss": self.last_loss})
+            self.on_checkpoint(self.checkpoint_path, self.step, {Metric.TRAIN_LOSS: self.last_loss})
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint of the same configuration (anything else is refused, naming the fields)."""
@@ -220,11 +201,11 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self.last_loss = float(np.mean(window))
                 window.clear()
-                self.log_metrics({"train/loss": self.last_loss}, self.step)
+                self.log_metrics({Metric.TRAIN_LOSS: self.last_loss}, self.step)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.train_seconds += time.perf_counter() - timer
                 result = self.evaluate()
-                self.log_metrics({"eval/last_return_during_training": result.last_return}, self.step)
+                self.log_metrics({Metric.LAST_RETURN_DURING_TRAINING: result.last_return}, self.step)
                 timer = time.perf_counter()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.train_seconds += time.perf_counter() - timer

@@ -19,7 +19,7 @@ def tiny_config(algo: str, discrete: bool = True, **overrides):
         n_head=2, n_mamba_layer=2, d_state=4, dropout=0.0, mamba_backend="torch", scan_chunk=8,
     )
     if algo == "dmh":
-        fields.update(block_size=3, rtg_token=True, z_eval="mean", z_train="mean", local_checkpoint_chunk=2)
+        fields.update(c=3, rtg_token=True, z_eval="mean", z_train="mean", local_checkpoint_chunk=2)
     elif algo in SINGLE_EPISODE:
         fields.update(context_len=16)
     else:

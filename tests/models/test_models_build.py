@@ -32,6 +32,6 @@ def test_defaults_are_the_papers_sizes() -> None:
     model = build_model("dmh", {"obs_dim": 2, "act_dim": 4})
     cfg = model.cfg
     assert (cfg.d_model, cfg.n_mamba_layer, cfg.n_layer, cfg.dropout, cfg.activation) == (128, 2, 3, 0.1, "relu")
-    assert (cfg.d_state, cfg.expand, cfg.d_conv, cfg.block_size) == (16, 2, 4, 20)
+    assert (cfg.d_state, cfg.expand, cfg.d_conv, cfg.c) == (16, 2, 4, 20)
     assert len(model.mamba.layers) == 2 and len(model.gpt.h) == 3
     assert model.mamba.layers[0].mixer.d_inner == 256 and isinstance(model.gpt.h[0].mlp[1], torch.nn.ReLU)

@@ -7,7 +7,7 @@ import torch
 from models_testkit import make_batch, policy_outputs, tiny_config
 
 from dmh.models import block_layout, build_model, valuable_subgoal_index
-from dmh.models.blocks import last_episode_mask
+from dmh.models.layers import last_episode_mask
 
 
 def _flags(length: int, steps: list[int]) -> torch.Tensor:
@@ -49,7 +49,7 @@ def test_valuable_subgoal_never_crosses_into_the_next_episode_and_ties_go_to_the
 
 
 def test_mamba_advances_only_at_block_boundaries_once_per_block_per_row() -> None:
-    cfg = tiny_config("dmh", block_size=3)
+    cfg = tiny_config("dmh", c=3)
     model = build_model("dmh", cfg).eval()
     batch = make_batch([[5, 7], [8, 4]], cfg.obs_dim, cfg.act_dim)  # row blocks: 2+3 = 5 and 3+2 = 5
     calls = []
@@ -69,7 +69,7 @@ def test_mamba_advances_only_at_block_boundaries_once_per_block_per_row() -> Non
 
 def test_local_transformer_context_never_exceeds_4c_tokens_and_restarts_every_block() -> None:
     c = 3
-    cfg = tiny_config("dmh", block_size=c)
+    cfg = tiny_config("dmh", c=c)
     model = build_model("dmh", cfg).eval()
     assert model.gpt.max_tokens == 4 * c
     batch = make_batch([[5, 7]], cfg.obs_dim, cfg.act_dim)
@@ -84,7 +84,7 @@ def test_local_transformer_context_never_exceeds_4c_tokens_and_restarts_every_bl
 
 
 def test_sampled_z_is_drawn_once_per_block_and_held_for_its_c_steps() -> None:
-    cfg = tiny_config("dmh", block_size=3, z_eval="sample")
+    cfg = tiny_config("dmh", c=3, z_eval="sample")
     model = build_model("dmh", cfg).eval()
     batch = make_batch([[9]], cfg.obs_dim, cfg.act_dim)
     policy = model.policy(1, target_return=5.0, generator=torch.Generator().manual_seed(0))
@@ -150,8 +150,8 @@ def test_sliding_local_context_sees_the_episodes_last_c_steps_with_the_current_z
     different afterwards, where it re-reads the last c steps."""
     c = 3
     batch = make_batch([[5, 7], [8, 4]], 3, 4)
-    block = build_model("dmh", tiny_config("dmh", block_size=c)).eval()
-    sliding = build_model("dmh", tiny_config("dmh", block_size=c, local_context="sliding")).eval()
+    block = build_model("dmh", tiny_config("dmh", c=c)).eval()
+    sliding = build_model("dmh", tiny_config("dmh", c=c, local_context="sliding")).eval()
     sliding.load_state_dict(block.state_dict())
     out_block, out_sliding = policy_outputs(block, batch), policy_outputs(sliding, batch)
     first_block = batch["timesteps"] < c
@@ -194,7 +194,7 @@ def test_dmh_trains_with_the_code_subgoal_rule() -> None:
 
 
 def test_fused_block_tokens_feed_the_mamba_one_token_per_block() -> None:
-    model = build_model("dmh", tiny_config("dmh", block_size=3, block_tokens="fused"))
+    model = build_model("dmh", tiny_config("dmh", c=3, block_tokens="fused"))
     seen = []
     model.mamba.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
     batch = make_batch([[6, 3]], 3, 4)  # blocks: 3 + 3 for the first episode, 3 for the second

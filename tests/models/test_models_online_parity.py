@@ -35,7 +35,7 @@ def test_policy_steps_reproduce_forward_on_the_same_trajectory(algo: str, discre
 
 def test_dmh_policy_reproduces_forward_without_rtg_token_and_with_odd_block_size() -> None:
     torch.manual_seed(1)
-    cfg = tiny_config("dmh", rtg_token=False, block_size=4)
+    cfg = tiny_config("dmh", rtg_token=False, c=4)
     model = build_model("dmh", cfg).eval()
     batch = make_batch(ACROSS_EPISODES, cfg.obs_dim, cfg.act_dim)
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_dmh_policy_reproduces_forward_without_rtg_token_and_with_odd_block_size
 @pytest.mark.parametrize("c", [1, 2, 5, 40])
 def test_dmh_policy_reproduces_forward_for_any_block_size(c: int) -> None:
     torch.manual_seed(2)
-    cfg = tiny_config("dmh", block_size=c)
+    cfg = tiny_config("dmh", c=c)
     model = build_model("dmh", cfg).eval()
     batch = make_batch([[5, 7, 4], [13, 3]], cfg.obs_dim, cfg.act_dim)
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_policy_context_has_a_fixed_size_however_long_it_grows(algo: str) -> Non
 @pytest.mark.parametrize("c", [1, 3, 5])
 def test_dmh_policy_reproduces_forward_with_fused_block_tokens(c: int, rtg_token: bool) -> None:
     torch.manual_seed(4)
-    cfg = tiny_config("dmh", block_size=c, rtg_token=rtg_token, block_tokens="fused")
+    cfg = tiny_config("dmh", c=c, rtg_token=rtg_token, block_tokens="fused")
     model = build_model("dmh", cfg).eval()
     batch = make_batch(ACROSS_EPISODES, cfg.obs_dim, cfg.act_dim)
     with torch.no_grad():
