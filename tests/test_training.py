@@ -199,3 +199,17 @@ def test_set_values_are_typed_like_the_field_they_override():
                                                          "dataset_path=null", "model.d_model=24"])
     assert (cfg.lr, cfg.steps, cfg.valuable_subgoals, cfg.dataset_path, cfg.model["d_model"]) == (
         0.002, 7, False, None, 24)
+
+
+def test_a_checkpoint_of_format_1_with_the_old_block_size_name_still_loads_and_evaluates(workdir):
+    from dmh.training.checkpoint import model_from_checkpoint
+
+    run = Trainer(smoke("dmh", steps=2, checkpoint_every=2, c=3))
+    run.fit()
+    payload = load_checkpoint(run.checkpoint_path)
+    old_config = dict(payload["model_config"])
+    old_config["block_size"] = old_config.pop("c")
+    torch.save({**payload, "format": 1, "model_config": old_config}, run.checkpoint_path)
+    model = model_from_checkpoint(load_checkpoint(run.checkpoint_path))
+    assert model.cfg.c == 3
+    assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in model.state_dict().items())

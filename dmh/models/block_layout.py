@@ -1,7 +1,8 @@
-"""Across-episodic context helpers for DM-H: the block layout (one block per `c` steps) and the valuable sub-goal rule.
+"""DM-H's blocks of `c` steps (one sub-goal each): where every step of a context sits in its block, and the valuable
+sub-goal rule that picks each block's s_g.
 
 These are the single place in the code for two paper concepts (§2.3 Eq. 5 and §2.5), so the data layer can reuse
-them and a reader finds them by name.
+them and a reader finds them by name. (Training contexts themselves are built in ``dmh/training/contexts.py``.)
 
 Block layout. Inside a context (several episodes concatenated, right-padded), every episode is cut into blocks of `c`
 consecutive steps that START at the episode's first step; the last block of an episode may be partial (an episode of
