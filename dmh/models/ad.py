@@ -16,15 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmh.models.layers import (
-    ActionHead,
-    ContextShape,
-    ModelConfig,
-    TimestepEmbedding,
-    action_loss,
-    loss_mask,
-    shift_right,
-)
+from dmh.models.layers import ActionHead, ContextShape, ModelConfig, TimestepEmbedding, shift_right
+from dmh.models.losses import action_loss, loss_mask
 from dmh.models.policy import Policy
 
 

@@ -19,15 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dmh.models.block_layout import BlockLayout, block_layout, valuable_subgoal_index
-from dmh.models.layers import (
-    ActionEmbedding,
-    ActionHead,
-    ContextShape,
-    ModelConfig,
-    TimestepEmbedding,
-    action_loss,
-    loss_mask,
-)
+from dmh.models.layers import ActionEmbedding, ActionHead, ContextShape, ModelConfig, TimestepEmbedding
+from dmh.models.losses import action_loss, loss_mask
 from dmh.models.policy import Policy
 
 

@@ -12,14 +12,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dmh.models.layers import (
-    ActionEmbedding,
-    ActionHead,
-    ContextShape,
-    ModelConfig,
-    TimestepEmbedding,
-    action_loss,
-)
+from dmh.models.layers import ActionEmbedding, ActionHead, ContextShape, ModelConfig, TimestepEmbedding
+from dmh.models.losses import action_loss
 from dmh.models.policy import Policy
 
 

@@ -7,7 +7,7 @@ import torch
 from models_testkit import make_batch, policy_outputs, tiny_config
 
 from dmh.models import block_layout, build_model, valuable_subgoal_index
-from dmh.models.layers import last_episode_mask
+from dmh.models.losses import last_episode_mask
 
 
 def _flags(length: int, steps: list[int]) -> torch.Tensor:
