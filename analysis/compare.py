@@ -15,22 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.export import RESULTS, Export
+from analysis.export import Export
 from analysis.stats import summarize
-from dmh.envs.mujoco import D4RL_DATASETS
-
-GRID_WORLD = ("darkroom", "darkroom-hard", "key-to-door", "large-darkroom", "large-darkroom-hard", "large-key-to-door")
-D4RL_FAMILIES = ("halfcheetah", "hopper", "walker2d")
+from dmh.vocabulary import D4RL_FAMILIES, D4RL_TASKS, GRID_WORLD, TMAZE_PREFIX, Outcome
 
 
 def d4rl_family(task: str) -> str:
     """``hopper-medium-v2`` → ``hopper`` (Table 1's efficiency rows and Table 4 pool a family's datasets)."""
-    return task.split("-", 1)[0] if task in D4RL_DATASETS else task
+    return task.split("-", 1)[0] if task in D4RL_TASKS else task
 
 
 def memory_length(task: str) -> float:
     """``tmaze-2000`` → 2000.0 (the x-axis of Fig. 3 and Fig. 5)."""
-    return float(task.rsplit("-", 1)[1]) if task.startswith("tmaze-") else math.nan
+    return float(task.removeprefix(TMAZE_PREFIX)) if is_tmaze(task) else math.nan
 
 
 @dataclass(frozen=True)
@@ -58,11 +55,11 @@ def is_grid(task: str) -> bool:
 
 
 def is_d4rl(task: str) -> bool:
-    return task in D4RL_DATASETS or task in D4RL_FAMILIES
+    return task in D4RL_TASKS or task in D4RL_FAMILIES
 
 
 def is_tmaze(task: str) -> bool:
-    return task.startswith("tmaze-")
+    return task.startswith(TMAZE_PREFIX)
 
 
 AD_PAIR = ("ad-mamba", "ad-transformer")
@@ -132,7 +129,7 @@ def run_points(export: Export, view: View) -> pd.DataFrame:
 
 def missing_reason(outcomes: pd.Series) -> str:
     """Why a cell has no value: out of memory, or its runs did not finish (counted by outcome)."""
-    if (outcomes == "out_of_memory").any():
+    if (outcomes == Outcome.OUT_OF_MEMORY).any():
         return "out of memory"
     counts = outcomes.value_counts()
     return "not finished (" + ", ".join(f"{k} ×{v}" for k, v in counts.items()) + ")"
@@ -142,7 +139,7 @@ def our_cells(export: Export, view: View) -> pd.DataFrame:
     points = run_points(export, view)
     rows = []
     for key, group in points.groupby(KEYS, dropna=False, sort=True):
-        done = group[group["outcome"] == "completed"]
+        done = group[group["outcome"] == Outcome.COMPLETED]
         stats = summarize(done["value"].to_numpy(dtype=float))
         reason = "" if stats.n else missing_reason(group["outcome"])
         rows.append({**dict(zip(KEYS, key, strict=True)), **stats.__dict__, "reason": reason,
@@ -209,7 +206,7 @@ def fill_from_elsewhere(merged: pd.DataFrame, paper: pd.DataFrame, figure: str, 
 def scale(export: Export, view: View) -> dict[str, str]:
     """The scale this view's numbers came from: presets, gradient updates, seeds, tasks, evaluation size."""
     runs = view_runs(export, view)
-    runs = runs[runs["outcome"].isin(RESULTS)]
+    runs = runs[runs["outcome"].isin(Outcome.RESULTS)]
     if runs.empty:
         return {"runs": "0"}
 

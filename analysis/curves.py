@@ -20,6 +20,7 @@ from analysis.export import export_runs
 from analysis.paper import load_paper_numbers
 from analysis.tables import task_label
 from dmh.errors import DmhError
+from dmh.vocabulary import Metric
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = cells(export, load_paper_numbers(), view)
     ours = frame[frame["n"] > 0]
     if ours.empty:
-        print(f"curves: error: no completed run of {args.task} with an eval/return curve in {args.experiment}",
+        print(f"curves: error: no completed run of {args.task} with a {Metric.CURVE} curve in {args.experiment}",
               file=sys.stderr)
         return 2
     fig = figures.panels_figure([(frame, task_label(args.task), "online episode (no gradient updates)", "return")],

@@ -3,9 +3,11 @@
 - ``runs.csv``: one row per trial (the latest completed run of each trial key), plus the latest unfinished run of a
   trial that never completed, so the report can say why a number is missing. Columns: identity (run id, experiment,
   sweep), the trial's settings (algo, task, seed, preset, steps, c, n_context, valuable_subgoals, eval tasks and
-  episodes), its outcome and the per-run scalars the paper reports.
-- ``curves.csv``: one row per completed run and online episode: the in-context curve (``eval/return``, mean over
+  episodes), its outcome, the per-run scalars the paper reports and the final training loss.
+- ``curves.csv``: one row per completed run and online episode: the in-context curve (``Metric.CURVE``, mean over
   test tasks), ``episode`` counted from 1.
+
+A sweep's parent run (tag ``Tag.SWEEP_PARENT``) only groups its trials in the MLflow UI and is not exported.
 
 A trial key is the experiment plus every logged setting except where and how a run executed (device, threads,
 folders, the Mamba backend): rerunning a trial replaces its earlier result ("latest wins"), while two seeds or two
@@ -24,22 +26,23 @@ import pandas as pd
 
 from dmh.errors import DmhError
 from dmh.io import atomic_path
+from dmh.vocabulary import RUNTIME_PARAMS, Metric, Outcome, Tag
 
-# Params that say where or how a run executed, not what it computed: excluded from the trial key.
-RUNTIME_PARAMS = {"threads", "device", "run_dir", "data_dir", "backend", "experiment", "model.mamba_backend"}
-# Per-run scalars: column → MLflow metric (latest value).
+# Per-run scalars: column → MLflow metric (latest value); every key of Metric.RESULTS has one.
 SCALARS = {
-    "last_return": "eval/last_return",
-    "normalized_score": "eval/normalized_score",
-    "online_min": "time/online_min",
-    "offline_h_per_10k": "time/offline_h_per_10k_updates",
-    "oom": "oom",
+    "last_return": Metric.LAST_RETURN,
+    "normalized_score": Metric.NORMALIZED_SCORE,
+    "online_min": Metric.ONLINE_MIN,
+    "offline_h_per_10k": Metric.OFFLINE_H_PER_10K,
+    "oom": Metric.OOM,
+    "final_loss": Metric.TRAIN_LOSS,
 }
 SETTINGS = {  # column → param, with its type
     "algo": str, "task": str, "seed": int, "preset": str, "steps": int, "c": int, "n_context": int,
     "valuable_subgoals": bool, "eval_tasks": int, "eval_episodes": int,
 }
-RESULTS = ("completed", "out_of_memory")  # outcomes that are results (out of memory is one, paper Fig. 3)
+# Settings that training also sets as tags, read from the tag where the param is missing.
+SETTING_TAGS = {"algo": Tag.ALGO, "task": Tag.TASK}
 RUN_COLUMNS = ["run_id", "experiment", "sweep", "trial_key", *SETTINGS, "outcome", "status_detail", *SCALARS,
                "end_time"]
 CURVE_COLUMNS = ["run_id", "episode", "return"]
@@ -57,11 +60,16 @@ class Export:
 def outcome(status: str, tags: dict[str, str], metrics: dict[str, float]) -> str:
     """completed (FINISHED with a final evaluation), out_of_memory (a recorded result), or the MLflow status in
     lower case (killed, failed, running, finished-without-evaluation → ``unevaluated``)."""
-    if tags.get("status_detail") == "out_of_memory" or metrics.get("oom") == 1:
-        return "out_of_memory"
+    if tags.get(Tag.STATUS_DETAIL) == Outcome.OUT_OF_MEMORY or metrics.get(Metric.OOM) == 1:
+        return Outcome.OUT_OF_MEMORY
     if status == "FINISHED":
-        return "completed" if "eval/last_return" in metrics else "unevaluated"
+        return Outcome.COMPLETED if Metric.LAST_RETURN in metrics else Outcome.UNEVALUATED
     return status.lower()
+
+
+def is_sweep_parent(tags: dict[str, str]) -> bool:
+    """A sweep's parent run groups its trials in the MLflow UI; it has no settings or results of its own."""
+    return tags.get(Tag.SWEEP_PARENT, "").lower() == "true"
 
 
 def trial_key(experiment: str, params: dict[str, str]) -> str:
@@ -69,8 +77,16 @@ def trial_key(experiment: str, params: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps([experiment, kept], sort_keys=True).encode()).hexdigest()[:12]
 
 
+def setting(column: str, params: dict[str, str], tags: dict[str, str]) -> str | None:
+    """A setting's logged param, else (algo, task) the tag training sets beside it."""
+    tag = SETTING_TAGS.get(column)
+    return params.get(column) or (tags.get(tag) if tag else None)
+
+
 def _typed(value: str | None, kind: type) -> object:
-    if value is None or value == "":
+    # "None": the unresolved task default (c, n_context) of a config logged as is, e.g. by a sweep recording an
+    # out-of-memory trial whose training never started
+    if value is None or value in ("", "None"):
         return None
     if kind is bool:
         return value.strip().lower() == "true"
@@ -99,17 +115,20 @@ def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Expo
     for exp in chosen:
         for run in client.search_runs([exp.experiment_id], max_results=50_000, run_view_type=ViewType.ACTIVE_ONLY):
             params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-            row = {"run_id": run.info.run_id, "experiment": exp.name, "sweep": tags.get("sweep") or exp.name,
+            if is_sweep_parent(tags):
+                continue
+            row = {"run_id": run.info.run_id, "experiment": exp.name, "sweep": tags.get(Tag.SWEEP) or exp.name,
                    "trial_key": trial_key(exp.name, params),
-                   **{col: _typed(params.get(col) or tags.get(col), kind) for col, kind in SETTINGS.items()},
-                   "outcome": outcome(run.info.status, tags, metrics), "status_detail": tags.get("status_detail", ""),
+                   **{col: _typed(setting(col, params, tags), kind) for col, kind in SETTINGS.items()},
+                   "outcome": outcome(run.info.status, tags, metrics),
+                   "status_detail": tags.get(Tag.STATUS_DETAIL, ""),
                    **{col: metrics.get(name, math.nan) for col, name in SCALARS.items()},
                    "end_time": run.info.end_time or run.info.start_time or 0}
             rows.append(row)
     runs = latest_per_trial(pd.DataFrame(rows, columns=RUN_COLUMNS))
     curves = []
-    for run_id in runs.loc[runs["outcome"] == "completed", "run_id"]:
-        history = client.get_metric_history(run_id, "eval/return")
+    for run_id in runs.loc[runs["outcome"] == Outcome.COMPLETED, "run_id"]:
+        history = client.get_metric_history(run_id, Metric.CURVE)
         curves += [(run_id, m.step + 1, m.value) for m in history]
     curve_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "episode"], ignore_index=True)
     source = {"tracking_uri": tracking_uri, "experiments": [e.name for e in chosen],
@@ -121,7 +140,7 @@ def latest_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trial key: its latest result (completed or out of memory) if it has one, else its latest run."""
     if runs.empty:
         return runs
-    result = runs["outcome"].isin(RESULTS)
+    result = runs["outcome"].isin(Outcome.RESULTS)
     ranked = runs.assign(_result=result).sort_values(["trial_key", "_result", "end_time"])
     return ranked.groupby("trial_key").tail(1).drop(columns="_result").sort_values(
         ["sweep", "task", "algo", "seed"], ignore_index=True)

@@ -25,12 +25,13 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, tables
-from analysis.compare import GRID_WORLD, VIEWS, cells, scale
+from analysis.compare import VIEWS, cells, scale
 from analysis.export import export_runs, load_export, save_export
 from analysis.paper import load_paper_numbers
 from analysis.stats import CONFIDENCE
 from dmh.errors import DmhError
 from dmh.io import atomic_path, check_writable_output
+from dmh.vocabulary import GRID_WORLD
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 percentile-bootstrap confidence interval (Agarwal et al., 2021, "Deep RL at the Edge of the Statistical Precipice"),
 which is robust to the one seed that diverged and honest about how little 3 or 10 seeds say.
 
-Written with numpy only: ``rliable`` does not work with pandas 3 (``../shared/reference/dependencies.md``).
+The IQM is computed as rliable computes it, ``scipy.stats.trim_mean(x, 0.25)``, so our IQMs compare with published
+ones; rliable itself is not a dependency because it does not work with pandas 3
+(``../shared/reference/dependencies.md``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import trim_mean
 
 BOOTSTRAP_SAMPLES = 2000  # resamples per confidence interval: percentile ends stable to about ±0.01 s.e.
 CONFIDENCE = 0.95  # two-sided level of the IQM interval
@@ -25,7 +28,7 @@ class Summary:
     n: int  # seeds (runs)
     mean: float
     se: float  # standard error of the mean: sample std (ddof=1) / sqrt(n); NaN for one seed
-    iqm: float  # mean of the middle 50 % (25 % trimmed from each end, fractional weights at the cut)
+    iqm: float  # interquartile mean: scipy's trim_mean(x, 0.25), int(n / 4) values dropped from each end
     iqm_low: float  # bootstrap CI of the IQM (resampling seeds); NaN for one seed
     iqm_high: float
 
@@ -37,21 +40,14 @@ def standard_error(values: Sequence[float] | np.ndarray) -> float:
 
 
 def iqm(values: Sequence[float] | np.ndarray, axis: int = -1) -> np.ndarray | float:
-    """Interquartile mean along ``axis``: the mean of the middle half of the sorted values, where values straddling
-    the 25 % and 75 % cuts count by the fraction of them inside. Defined for any n: the value itself for n = 1, the
-    mean of the middle two for n = 4; for n = 10, weights ½,1,1,1,1,½ on the 3rd to 8th values (``scipy``'s
-    ``trim_mean(x, 0.25)``, which rliable uses, would drop the fractional ends)."""
-    x = np.sort(np.asarray(values, dtype=np.float64), axis=axis)
-    n = x.shape[axis]
-    if n == 0:
+    """Interquartile mean along ``axis``, as rliable and the literature compute it: ``scipy.stats.trim_mean(x,
+    0.25)``, the plain mean of what is left after dropping the ``int(n / 4)`` smallest and largest values. So it is
+    the mean of all values for n < 4, of the middle two for n = 4, of the middle three for n = 5 and of the 3rd to
+    8th sorted values for n = 10."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.shape[axis] == 0:
         raise ValueError("iqm of no values")
-    # weight of sorted value i = length of [i, i+1] ∩ [n/4, 3n/4], normalised by n/2
-    lo, hi = n / 4, 3 * n / 4
-    edges = np.arange(n + 1, dtype=np.float64)
-    weights = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None) / (hi - lo)
-    shape = [1] * x.ndim
-    shape[axis] = n
-    result = (x * weights.reshape(shape)).sum(axis=axis)
+    result = trim_mean(x, 0.25, axis=axis)
     return float(result) if np.ndim(result) == 0 else result
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.compare import D4RL_FAMILIES, GRID_WORLD
-from dmh.envs.mujoco import D4RL_DATASETS
 from dmh.io import atomic_path
+from dmh.models import ALGORITHMS
+from dmh.vocabulary import D4RL_FAMILIES, D4RL_TASKS, GRID_WORLD
 
-ALGO_LABELS = {"dmh": "DM-H", "dm": "DM", "dt": "DT", "ad-mamba": "AD (Mamba)", "ad-transformer": "AD (Transformer)",
+# The paper's name of every algo: those trained here from their registry entry, then the baselines whose numbers only
+# the paper has (offline RL in Table 2; AMAGO and DPT in Fig. 2).
+ALGO_LABELS = {**{name: entry.label for name, entry in ALGORITHMS.items()},
                "bc-10": "BC-10%", "td3+bc": "TD3+BC", "td3": "TD3", "amago": "AMAGO", "dpt": "DPT"}
 TASK_LABELS = {"darkroom": "Darkroom", "darkroom-hard": "Darkroom Hard", "key-to-door": "Dark Key-to-Door",
                "large-darkroom": "Large Darkroom", "large-darkroom-hard": "Large Darkroom Hard",
@@ -27,7 +29,7 @@ PAPER_ORDER = [f"{env}-{kind}-v2" for kind in ("medium-expert", "medium", "mediu
 
 
 def task_label(task: str) -> str:
-    if task in D4RL_DATASETS:
+    if task in D4RL_TASKS:
         env, kind = task.removesuffix("-v2").split("-", 1)
         return f"{TASK_LABELS[env]} {kind}"
     return TASK_LABELS.get(task, task)

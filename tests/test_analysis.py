@@ -6,23 +6,36 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from mlflow import MlflowClient
 
 from analysis import make_all
-from analysis.export import load_export
+from analysis.export import export_runs, load_export
 from analysis.stats import bootstrap_ci, iqm, standard_error, summarize
 from dmh.envs.mujoco import D4RL_DATASETS
+from dmh.vocabulary import Metric, Outcome, Tag
 
 # ------------------------------------------------------------------------------------------------------- statistics
 
 
-def test_iqm_weights_the_middle_half_including_fractional_ends():
+def test_iqm_is_the_mean_after_dropping_a_quarter_of_the_values_from_each_end():
     assert iqm([7.0]) == 7.0
     assert iqm([1, 2, 3, 100]) == pytest.approx(2.5)  # the middle two
-    assert iqm([0, 0.5, 0.6, 0.7, 5.0]) == pytest.approx((0.75 * 0.5 + 0.6 + 0.75 * 0.7) / 2.5)
-    ten = np.arange(10.0)  # weights ½,1,1,1,1,½ on values 2..7
-    assert iqm(ten) == pytest.approx((0.5 * 2 + 3 + 4 + 5 + 6 + 0.5 * 7) / 5)
+    assert iqm([0, 1, 2, 3, 10, 20, 30]) == pytest.approx((1 + 2 + 3 + 10 + 20) / 5)  # int(7 / 4) = 1 dropped per end
+    assert iqm(np.arange(10.0)) == pytest.approx(np.mean(np.arange(2.0, 8.0)))  # two dropped per end
     assert np.allclose(iqm(np.array([[1.0, 2, 3, 100], [4, 4, 4, 4]]), axis=1), [2.5, 4.0])
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_iqm_is_scipys_25_percent_trimmed_mean_as_rliable_computes_it(n):
+    x = np.random.default_rng(n).normal(size=n) ** 3  # skewed, so dropping versus weighting the cut values differs
+    assert iqm(x) == pytest.approx(scipy.stats.trim_mean(x, 0.25))
+
+
+def test_iqm_of_a_2d_array_is_scipys_trimmed_mean_along_the_axis():
+    x = np.random.default_rng(0).exponential(size=(7, 10))
+    assert np.allclose(iqm(x, axis=1), scipy.stats.trim_mean(x, 0.25, axis=1))
+    assert np.allclose(iqm(x, axis=0), scipy.stats.trim_mean(x, 0.25, axis=0))
 
 
 def test_standard_error_is_sample_std_over_root_n_and_undefined_for_one_seed():
@@ -269,3 +282,27 @@ def test_curves_plots_one_experiments_in_context_curves_with_their_numbers(repor
     assert "dmh              seeds 2  episode 1 1.50 ± 0.50   last 5.50 ± 0.50" in printed
     assert curves.main(["--experiment", "grid_world", "--task", "key-to-door", "--tracking-uri", uri,
                         "--out", str(out)]) == 2
+
+
+def test_a_sweeps_parent_run_is_not_exported_as_a_trial(tmp_path):
+    store = Store(tmp_path / "mlflow.db")
+    trial = store.run("c_sensitivity", "dmh", "darkroom", 0, last_return=1.0)
+    exp_id = store.client.get_experiment_by_name("c_sensitivity").experiment_id
+    parent = store.client.create_run(exp_id, tags={Tag.SWEEP_PARENT: "true", Tag.SWEEP: "c_sensitivity"})
+    store.client.set_terminated(parent.info.run_id, status="FINISHED")
+    export = export_runs(store.uri)
+    assert list(export.runs["run_id"]) == [trial]
+    assert export.runs["outcome"].iloc[0] == Outcome.COMPLETED
+
+
+def test_a_setting_logged_as_none_exports_as_missing_not_as_an_error(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("tmaze"), tags={Tag.TASK: "tmaze-20000", Tag.ALGO: "dt"})
+    # the config as a sweep logs it for a trial that ran out of memory before training started: c and n unresolved
+    for key, value in {"seed": "0", "c": "None", "n_context": "None"}.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_metric(run.info.run_id, Metric.OOM, 1.0)
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    (row,) = (r for _, r in export_runs(client.tracking_uri).runs.iterrows())
+    assert (row["algo"], row["task"], row["outcome"]) == ("dt", "tmaze-20000", Outcome.OUT_OF_MEMORY)
+    assert pd.isna(row["c"]) and pd.isna(row["n_context"])
