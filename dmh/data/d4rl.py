@@ -4,7 +4,9 @@
 
 1. an explicit HDF5 file in D4RL's raw layout;
 2. the ``d4rl`` package's cache, ``$D4RL_DATASET_DIR`` or ``~/.d4rl/datasets``, under d4rl's own file name;
-3. a Minari dataset ``D4RL/<env>/<dataset>-v2`` already on disk (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``).
+3. a Minari-format copy ``D4RL/<env>/<dataset>-v2`` that the user converted from D4RL's files and keeps on disk
+   (``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``): Minari publishes no D4RL locomotion datasets, so this route
+   exists only for data already kept in Minari's format (docs/d4rl.md).
 
 D4RL's raw layout (the v2 files): ``observations`` [N, obs_dim], ``next_observations``, ``actions`` [N, act_dim],
 ``rewards`` [N], ``terminals`` [N], ``timeouts`` [N] at the top level, plus ``infos/*`` (``qpos``, ``qvel``,
@@ -275,7 +277,8 @@ def load_d4rl(name: str, path: str | os.PathLike | None = None) -> EpisodeDatase
         return _read_minari(name, dataset_id)
     raise DmhError(
         f"D4RL dataset {name} not found: looked for the d4rl cache file {cache} (set D4RL_DATASET_DIR to its folder) "
-        f"and the Minari dataset {dataset_id} in {minari_dir}. Download {cache.name} on a networked machine from "
+        f"and a local Minari-format conversion {dataset_id} in {minari_dir}. Download {cache.name} on a networked "
+        "machine from "
         f"http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{cache.name} and copy it there or pass its "
         f"path, or write a small stand-in with `dmh data d4rl-sample --name {name} --out OUT.hdf5` and pass that path."
     )
