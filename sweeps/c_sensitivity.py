@@ -10,16 +10,11 @@ need no D4RL data and finish in seconds / minutes on 2 CPUs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python sweeps/c_sensitivity.py`, or a copy run by `ray submit` with $DMH_REPO set
-    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
+from dmh.sweep import Sweep, Trial, main, positive_values, product
+from dmh.vocabulary import PAPER_C
 
-from sweeps.common import Sweep, main, positive_values, product
-
-PAPER_C = (1, 5, 10, 15, 20)
 TASKS = {
     "smoke": ("darkroom-hard",),
     "cpu": ("darkroom-hard",),
@@ -34,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="block sizes to sweep (default: smoke 1 5; cpu and paper 1 5 10 15 20)")
 
 
-def grid(args: argparse.Namespace) -> list:
+def grid(args: argparse.Namespace) -> list[Trial]:
     values = positive_values("--c", args.c if args.c is not None else C_VALUES[args.preset],
                              "every c must be a positive integer (steps per sub-goal)")
     return product(["dmh"], TASKS[args.preset], args.seeds, [{"c": c} for c in values])

@@ -9,17 +9,13 @@ be assumed on a laptop or CI machine.
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python sweeps/d4rl.py`, or a copy run by `ray submit` with $DMH_REPO set
-    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
-
-from sweeps.common import D4RL_DATASETS, Sweep, main, product
+from dmh.sweep import Sweep, main, product
+from dmh.vocabulary import D4RL_TASKS
 
 ALGOS = ("dmh", "ad-mamba", "ad-transformer", "dt")
-TASKS = {"smoke": ("darkroom",), "cpu": ("darkroom", "key-to-door"), "paper": D4RL_DATASETS}
+TASKS = {"smoke": ("darkroom",), "cpu": ("darkroom", "key-to-door"), "paper": D4RL_TASKS}
 
 SWEEP = Sweep(
     name="d4rl",

@@ -7,14 +7,10 @@ smoke runs Darkroom only, cpu the three small families (Darkroom, Darkroom Hard,
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python sweeps/grid_world.py`, or a copy run by `ray submit` with $DMH_REPO set
-    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
-
-from sweeps.common import GRID_WORLD, Sweep, main, product
+from dmh.sweep import Sweep, main, product
+from dmh.vocabulary import GRID_WORLD
 
 ALGOS = ("dmh", "ad-mamba", "ad-transformer")
 TASKS = {"smoke": ("darkroom",), "cpu": GRID_WORLD[:3], "paper": GRID_WORLD}

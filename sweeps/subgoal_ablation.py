@@ -8,19 +8,15 @@ smoke runs Darkroom Hard only, cpu the two small Grid World tasks; neither needs
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python sweeps/subgoal_ablation.py`, or a copy run by `ray submit` with $DMH_REPO set
-    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
-
-from sweeps.common import D4RL_DATASETS, Sweep, main, product
+from dmh.sweep import Sweep, main, product
+from dmh.vocabulary import D4RL_TASKS
 
 TASKS = {
     "smoke": ("darkroom-hard",),
     "cpu": ("darkroom-hard", "key-to-door"),
-    "paper": ("darkroom-hard", "key-to-door", "large-darkroom-hard", "large-key-to-door", *D4RL_DATASETS),
+    "paper": ("darkroom-hard", "key-to-door", "large-darkroom-hard", "large-key-to-door", *D4RL_TASKS),
 }
 VALUES = [{"valuable_subgoals": True}, {"valuable_subgoals": False}]
 

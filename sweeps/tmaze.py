@@ -11,14 +11,10 @@ Paper lengths: 1k, 2k, 5k, 10k, 20k; cpu: 20 and 50; smoke: 20.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python sweeps/tmaze.py`, or a copy run by `ray submit` with $DMH_REPO set
-    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
-
-from sweeps.common import Sweep, main, positive_values, product
+from dmh.sweep import Sweep, Trial, main, positive_values, product
+from dmh.vocabulary import TMAZE_PREFIX
 
 ALGOS = ("dmh", "dm", "dt")
 LENGTHS = {"smoke": (20,), "cpu": (20, 50), "paper": (1000, 2000, 5000, 10_000, 20_000)}
@@ -29,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory lengths (default: smoke 20; cpu 20 50; paper 1000 2000 5000 10000 20000)")
 
 
-def grid(args: argparse.Namespace) -> list:
+def grid(args: argparse.Namespace) -> list[Trial]:
     lengths = positive_values("--lengths", args.lengths if args.lengths is not None else LENGTHS[args.preset],
                               "memory lengths must be positive")
-    return product(ALGOS, [f"tmaze-{n}" for n in lengths], args.seeds)
+    return product(ALGOS, [f"{TMAZE_PREFIX}{n}" for n in lengths], args.seeds)
 
 
 SWEEP = Sweep(

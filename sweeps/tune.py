@@ -14,34 +14,31 @@ Searched: lr (log-uniform), batch_size, model.d_model and, for DM-H, c (values t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python sweeps/tune.py`, or a copy run by `ray submit` with $DMH_REPO set
-    sys.path.insert(0, os.environ.get("DMH_REPO") or str(Path(__file__).resolve().parent.parent))
+from dmh.errors import DmhError
+from dmh.sweep import EXIT_BAD_ARGUMENTS, Plan, Sweep, SweepError, Trial, build_parser, run, short_trial_dirname
+from dmh.sweep.plan import plan
+from dmh.tasks import resolve_task
+from dmh.training.config import ALGOS
+from dmh.vocabulary import PAPER_C, Metric
 
-from sweeps.common import DmhError, Plan, Sweep, SweepError, Trial, build_parser, plan, run
-
-METRICS = {"train/loss": "min", "eval/last_return": "max"}
+METRICS = {Metric.TRAIN_LOSS: "min", Metric.LAST_RETURN: "max"}
 # The search space per preset: sizes a preset's machine can afford around its defaults.
 SPACE = {
     "smoke": dict(batch_size=[2, 4], d_model=[8, 16], lr=(1e-4, 1e-2)),
     "cpu": dict(batch_size=[8, 16, 32], d_model=[32, 64], lr=(1e-4, 3e-3)),
     "paper": dict(batch_size=[64, 128, 256], d_model=[64, 128, 256], lr=(3e-5, 1e-3)),
 }
-PAPER_C = (1, 5, 10, 15, 20)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dmh.training.config import ALGOS
-
     parser.add_argument("--algo", required=True, choices=ALGOS)
     parser.add_argument("--task", required=True, help="darkroom … large-key-to-door, tmaze-<L> or a D4RL name")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every trial")
     parser.add_argument("--num-samples", type=int, default=None, help="trials (default: smoke 3, cpu 8, paper 50)")
-    parser.add_argument("--metric", default="train/loss", choices=list(METRICS),
+    parser.add_argument("--metric", default=Metric.TRAIN_LOSS, choices=list(METRICS),
                         help="what Optuna optimises and ASHA compares at each checkpoint")
 
 
@@ -56,20 +53,20 @@ SWEEP = Sweep(name="tune", description=__doc__.splitlines()[0], grid=base_trial,
 
 
 def search_space(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
-    """The Tune param space: the validated base trial with searched dmh settings inside ``sets``."""
+    """The Tune param space: the validated base trial with Tune's samplers in the searched config fields."""
+    # Ray Tune is imported only once the plan is valid (here and in tune_config): a bad argument should not pay the
+    # seconds that importing it costs.
     from ray import tune
 
-    from dmh.tasks import resolve_task
-
     space = SPACE[args.preset]
-    sets = dict(base["sets"])
-    sets["batch_size"] = tune.choice(space["batch_size"])
-    sets["lr"] = tune.loguniform(*space["lr"])
-    sets["model"] = {**sets.get("model", {}), "d_model": tune.choice(space["d_model"])}
+    config = dict(base["config"])
+    config["batch_size"] = tune.choice(space["batch_size"])
+    config["lr"] = tune.loguniform(*space["lr"])
+    config["model"] = {**config["model"], "d_model": tune.choice(space["d_model"])}
     if args.algo == "dmh":
         horizon = resolve_task(args.task).horizon
-        sets["c"] = tune.choice([c for c in PAPER_C if c <= horizon])
-    return {"trial": {**base, "sets": sets, "evaluate_checkpoints": args.metric == "eval/last_return"}}
+        config["c"] = tune.choice([c for c in PAPER_C if c <= horizon])
+    return {"trial": {**base, "config": config, "evaluate_checkpoints": args.metric == Metric.LAST_RETURN}}
 
 
 def tune_config(args: argparse.Namespace, checked: Plan) -> Any:
@@ -77,18 +74,14 @@ def tune_config(args: argparse.Namespace, checked: Plan) -> Any:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from dmh.training.config import make_config
-    from sweeps.common import as_set_args, short_trial_dirname
-
-    base = checked.trials[0]
-    cfg = make_config(base["algo"], base["task"], base["preset"], base["seed"], sets=as_set_args(base["sets"]))
+    base = checked.trials[0]["config"]
     mode = METRICS[args.metric]
     # Metric and mode go to the searcher and the scheduler, not to TuneConfig, which would hand them to both again.
     return tune.TuneConfig(
         search_alg=OptunaSearch(metric=args.metric, mode=mode, seed=args.seed),
         # max_t one past the last update: at max_t ASHA stops a trial, which would cut off its final evaluation
-        scheduler=ASHAScheduler(time_attr="step", metric=args.metric, mode=mode, max_t=cfg.steps + 1,
-                                grace_period=min(cfg.checkpoint_every, cfg.steps), reduction_factor=2),
+        scheduler=ASHAScheduler(time_attr="step", metric=args.metric, mode=mode, max_t=base["steps"] + 1,
+                                grace_period=min(base["checkpoint_every"], base["steps"]), reduction_factor=2),
         num_samples=args.num_samples, max_concurrent_trials=checked.max_concurrent or None,
         trial_dirname_creator=short_trial_dirname,
     )
@@ -105,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         checked = plan(SWEEP, args)
     except DmhError as exc:
         print(f"tune: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_ARGUMENTS
     if checked.resume:
         return run(checked)
     return run(checked, search_space(args, checked.trials[0]), tune_config(args, checked))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from dmh.vocabulary import Tag
 from sweeps import common
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,10 +45,19 @@ def workdir(tmp_path, tmp_path_factory, monkeypatch):
 
 
 def mlflow_runs(workdir, experiment):
-    """Active (not deleted) runs of an experiment in the test's store."""
+    """Active (not deleted) trial runs of an experiment in the test's store (a sweep's parent run only groups them)."""
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     found = client.get_experiment_by_name(experiment)
-    return [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+    runs = [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+    return [r for r in runs if Tag.SWEEP_PARENT not in r.data.tags]
+
+
+def parent_runs(workdir, experiment):
+    """The sweep parent runs of an experiment."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    runs = [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get(Tag.SWEEP_PARENT) == "true"]
 
 
 def descendants(root):
@@ -137,6 +147,19 @@ def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values_and_
         assert all(r.data.metrics["oom"] == 0 for r in runs)
     assert_ray_listens_only_on_loopback()
     assert_the_report_holds_the_runs(workdir, name, runs)
+
+
+@pytest.mark.slow
+def test_a_sweeps_trials_sit_under_one_parent_run_that_ends_finished(ray_session, workdir):
+    script = importlib.import_module("sweeps.c_sensitivity")
+    assert common.main(script.SWEEP, ["--preset", "smoke"]) == 0
+    (parent,) = parent_runs(workdir, "c_sensitivity")
+    trials = mlflow_runs(workdir, "c_sensitivity")
+    assert parent.info.status == "FINISHED" and not parent.data.metrics
+    assert parent.data.tags[Tag.SWEEP_RUN] == trials[0].data.tags[Tag.SWEEP_RUN]
+    assert len(trials) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
+    assert all(r.data.tags[Tag.RAY_NODE] == ray_session.get_runtime_context().get_node_id() for r in trials)
 
 
 @pytest.mark.slow

@@ -1,0 +1,56 @@
+"""What a sweep script declares: its grid of cells (:class:`Trial`) per preset, as a :class:`Sweep`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmh.errors import DmhError
+from dmh.training.config import PRESETS as TRAIN_PRESETS
+
+PRESETS = tuple(TRAIN_PRESETS)  # a sweep's preset is the dmh preset its trials train with
+DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 10}  # the paper reports 10 seeds everywhere
+
+
+class SweepError(DmhError):
+    """A bad sweep argument, reported before Ray starts."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One cell of a grid: one ``dmh train`` run."""
+
+    algo: str
+    task: str
+    seed: int
+    sets: dict[str, Any] = field(default_factory=dict)  # dmh config fields this cell sets (the swept values: c, …)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a script declares: its name, its grid per preset and the dmh settings each preset adds."""
+
+    name: str  # script name: default MLflow experiment and Tune run name
+    description: str  # one line for --help
+    grid: Callable[[argparse.Namespace], list[Trial]]  # (parsed args: preset, seeds, script options) → cells
+    preset_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset → dmh settings for every trial
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # script-specific options
+    oom_is_result: bool = False  # Tmaze: running out of memory is a recorded outcome (paper Fig. 3), not an error
+
+
+def product(algos: Iterable[str], tasks: Iterable[str], seeds: int, values: Iterable[dict[str, Any]] = ({},)) -> \
+        list[Trial]:
+    """algos × tasks × swept values × seeds, in that nesting order (so the first trials cover every algo)."""
+    return [Trial(algo, task, seed, dict(sets)) for seed in range(seeds) for sets in values for task in tasks
+            for algo in algos]
+
+
+def positive_values(option: str, values: Iterable[int], what: str) -> list[int]:
+    """The swept values of ``option``, or a ``SweepError`` naming the non-positive ones."""
+    values = list(values)
+    bad = [v for v in values if v <= 0]
+    if bad:
+        raise SweepError(f"{option}: {what}, got {bad}")
+    return values

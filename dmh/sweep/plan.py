@@ -1,0 +1,190 @@
+"""A sweep's command line, and every check that can fail before Ray starts: a bad argument costs a second, not a
+cluster start. The result is a :class:`Plan`: each cell's dmh ``TrainConfig`` built and validated once, here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from dmh.data.d4rl import d4rl_available, d4rl_cache_path
+from dmh.errors import DmhError
+from dmh.sweep.declare import DEFAULT_SEEDS, PRESETS, Sweep, SweepError
+from dmh.tracking import default_tracking_uri
+from dmh.training.config import make_config, parse_sets
+from dmh.vocabulary import D4RL_TASKS
+
+RUN_DIR = "dmh-runs"  # relative on purpose: Tune runs each trial in its own working folder, which changes on resume
+
+
+def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
+    """The options every sweep script shares, then the script's own (``Sweep.add_arguments``)."""
+    parser = argparse.ArgumentParser(prog=f"python sweeps/{sweep.name}.py", description=sweep.description)
+    parser.add_argument("--preset", default="cpu", choices=PRESETS,
+                        help="smoke: seconds, for tests; cpu: minutes on a laptop; paper: the paper's grid (GPUs)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: smoke/cpu 1, paper 10)")
+    parser.add_argument("--resume", action="store_true",
+                        help="restore the interrupted sweep in --storage and run only its unfinished or errored trials")
+    parser.add_argument("--storage", default="sweep_results",
+                        help="Tune storage: a local folder (default ./sweep_results), NFS path or s3://bucket/path")
+    parser.add_argument("--name", default=None, help="Tune run name under --storage (default <sweep>_<preset>)")
+    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store every trial writes to (default $MLFLOW_TRACKING_URI or ./mlflow.db); on a "
+                             "cluster use a server or database every worker reaches")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join; default $RAY_ADDRESS, else a running cluster on this machine, else "
+                             "Ray in-process on 127.0.0.1; 'local' always starts Ray in-process")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also torch threads)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions share a GPU")
+    parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
+    parser.add_argument("--max-failures", type=int, default=3,
+                        help="retries of a failed trial, each from its last checkpoint")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset cache shared by the trials (default $DMH_DATA_DIR or ./data)")
+    parser.add_argument("--d4rl-dir", default=None,
+                        help="folder of the D4RL HDF5 files (default $D4RL_DATASET_DIR or ~/.d4rl/datasets)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dmh setting for every trial (as in `dmh train --set`), e.g. steps=500")
+    if sweep.add_arguments is not None:
+        sweep.add_arguments(parser)
+    return parser
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated sweep, ready for Ray: what the Tuner needs and nothing else."""
+
+    sweep: Sweep
+    # Tune configs, one per cell (empty when resuming: Tune restores its own). Each holds the cell's validated
+    # TrainConfig as a dict ("config", rebuilt by the trial with config_from_dict) and what the trial needs around
+    # it: "sweep", "sweep_run", "tracking_uri", "env" (variables to set in the trial) and "oom_is_result".
+    trials: list[dict[str, Any]]
+    storage: str  # absolute local path or a URI
+    name: str  # Tune run name: the sweep's folder under storage
+    resume: bool
+    resources: dict[str, float]
+    max_concurrent: int
+    max_failures: int
+    ray_address: str | None
+    experiment: str
+    tracking_uri: str
+
+    @property
+    def path(self) -> str:
+        """The sweep's Tune folder; also its MLflow tag ``sweep_run``, which tells its runs from other sweeps'."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+
+def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
+    """Every check that can fail, before Ray starts; each cell's config is built and validated here, once."""
+    if args.seeds is None:
+        args.seeds = DEFAULT_SEEDS[args.preset]
+    if args.seeds <= 0:
+        raise SweepError(f"--seeds must be a positive integer, got {args.seeds}")
+    if args.cpus_per_trial <= 0:
+        raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        raise SweepError(f"--gpus-per-trial must be non-negative, got {args.gpus_per_trial}")
+    if args.max_failures < 0 or args.max_concurrent < 0:
+        raise SweepError("--max-failures and --max-concurrent must be non-negative")
+    experiment = args.experiment or sweep.name
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    storage = check_storage(args.storage)
+    name = args.name or f"{sweep.name}_{args.preset}"
+    shared = dict(sweep=sweep, storage=storage, name=name, resume=args.resume,
+                  resources={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
+                  max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                  ray_address=args.ray_address, experiment=experiment, tracking_uri=tracking_uri)
+    path = f"{storage.rstrip('/')}/{name}"
+    if args.resume:
+        if not sweep_exists(path):
+            raise SweepError(f"--resume: no sweep to restore at {path} (check --storage, --name and --preset)")
+        return Plan(trials=[], **shared)
+    cells = sweep.grid(args)
+    if not cells:
+        raise SweepError(f"the {args.preset} grid of {sweep.name} is empty: nothing to run")
+    # Later entries win: the cell's swept values over the preset's, --set over both, and what only the driver can
+    # know (threads from the reserved CPUs, one data cache for every trial, the experiment) over everything.
+    fixed = {"threads": max(1, int(args.cpus_per_trial)),
+             "data_dir": str(Path(args.data_dir or os.environ.get("DMH_DATA_DIR") or "data").resolve()),
+             "run_dir": RUN_DIR, "experiment": experiment}
+    extra = parse_sets(args.set)
+    d4rl_dir = args.d4rl_dir or os.environ.get("D4RL_DATASET_DIR")
+    env = {"D4RL_DATASET_DIR": str(Path(d4rl_dir).expanduser().resolve())} if d4rl_dir else {}
+    configs = []
+    for cell in cells:
+        overrides = {**sweep.preset_sets.get(args.preset, {}), **cell.sets, **extra, **fixed}
+        try:
+            cfg = make_config(cell.algo, cell.task, args.preset, cell.seed, overrides=overrides)
+        except DmhError as exc:
+            raise SweepError(f"cell {cell.algo} / {cell.task} / seed {cell.seed} {cell.sets}: {exc}") from None
+        configs.append(cfg)
+    check_d4rl_data({cfg.task for cfg in configs if cfg.dataset_path is None}, env.get("D4RL_DATASET_DIR"))
+    if sweep_exists(path):
+        raise SweepError(f"a sweep already exists at {path}: pass --resume to continue it, or choose another --name "
+                         "or --storage")
+    trials = [dict(config=dataclasses.asdict(cfg), sweep=sweep.name, sweep_run=path, tracking_uri=tracking_uri,
+                   env=env, oom_is_result=sweep.oom_is_result) for cfg in configs]
+    return Plan(trials=trials, **shared)
+
+
+def sweep_exists(path: str) -> bool:
+    """Whether Tune state of a sweep is at ``path`` (what ``Tuner.restore`` would restore)."""
+    # Deferred to here, the last check: importing Ray Tune costs seconds that a bad argument should not pay.
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(path)
+
+
+def check_storage(storage: str) -> str:
+    """Resolve ``--storage`` and prove it is writable (a probe file written and removed), local path or URI."""
+    if "://" not in storage:
+        path = Path(storage).expanduser().resolve()
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise SweepError(f"--storage {storage} cannot be written: {exc.strerror or exc}") from None
+        return str(path)
+    try:
+        fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.create_dir(root, recursive=True)
+        probe = f"{root.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as exc:  # pyarrow raises many types (unknown scheme, credentials, permissions, network)
+        raise SweepError(f"--storage {storage} cannot be written: {str(exc).splitlines()[0]}") from None
+    return storage
+
+
+def check_d4rl_data(tasks: Iterable[str], d4rl_dir: str | None) -> None:
+    """Every D4RL dataset the grid needs is on disk (the d4rl cache or a local Minari copy), else a clear error."""
+    previous = os.environ.get("D4RL_DATASET_DIR")
+    missing = []
+    try:
+        if d4rl_dir:
+            os.environ["D4RL_DATASET_DIR"] = d4rl_dir  # where d4rl_cache_path looks, as it will inside the trials
+        for task in sorted(t for t in tasks if t in D4RL_TASKS):
+            if not d4rl_available(task):
+                missing.append(f"{task} ({d4rl_cache_path(task)})")
+    finally:
+        if d4rl_dir:
+            if previous is None:
+                os.environ.pop("D4RL_DATASET_DIR", None)
+            else:
+                os.environ["D4RL_DATASET_DIR"] = previous
+    if missing:
+        raise SweepError(f"D4RL data missing for {len(missing)} dataset(s): {'; '.join(missing)}. Copy the D4RL HDF5 "
+                         "files into one folder and pass --d4rl-dir (or set D4RL_DATASET_DIR), or keep Minari's "
+                         "D4RL/* datasets locally; see docs/d4rl.md. The smoke and cpu presets need no D4RL data.")
