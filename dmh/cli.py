@@ -140,7 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from dmh.training.run import train_run
 
     cfg = make_config(args.algo, args.task, args.preset, seed=args.seed, config_file=args.config, sets=args.set)
-    result = train_run(cfg, resume=args.resume)
+    result = train_run(cfg, resume=args.resume or args.resume_or_start, start_if_missing=args.resume_or_start)
     curve = " ".join(f"{r:.2f}" for r in result.evaluation.curve)
     print(f"run {result.run_id}: {result.steps} updates, loss {result.final_loss:.4f}, last-episode return "
           f"{result.evaluation.last_return:.3f}\nin-context curve (mean return per episode): {curve}")
@@ -168,7 +168,11 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--config", default=None, help="YAML file of settings (applied after the preset)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. --set c=10 --set model.d_model=64 (applied last)")
-    train.add_argument("--resume", action="store_true", help="continue this configuration's checkpoint and MLflow run")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue this configuration's checkpoint and MLflow run (an error if there is none)")
+    resume.add_argument("--resume-or-start", action="store_true",
+                        help="continue this configuration's checkpoint if there is one, else start a new run")
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="online in-context evaluation of a checkpoint or an MLflow run id")

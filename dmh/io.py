@@ -24,6 +24,23 @@ def check_writable_output(path: Path, overwrite: bool) -> None:
         raise DmhError(f"cannot write to {parent}")
 
 
+def check_writable_dir(path: Path, what: str) -> None:
+    """Fail before any work starts unless folder ``path`` could be created and written, leaving nothing behind: a
+    probe file is written and removed in ``path`` or, if it does not exist yet, in its nearest existing ancestor.
+    Permission bits say nothing for root; a path under a regular file, a read-only mount or a full disk stop it."""
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DmhError(f"{what} {path} cannot be created: {existing} is a file, not a folder")
+    probe = existing / f".dmh-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise DmhError(f"{what} {path} cannot be written: {exc.strerror or exc}") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block finishes without error."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dmh.data.format import EpisodeDataset, load_dataset, save_dataset
+from dmh.io import check_writable_dir
 
 DATA_DIR_ENV = "DMH_DATA_DIR"
 
@@ -38,6 +39,7 @@ def load_or_build(
     """
     if path.exists() and not rebuild:
         return load_dataset(path), False
+    check_writable_dir(path.parent, "data folder")  # before the build: generating data is the expensive part
     dataset = build()
     save_dataset(dataset, path)
     return dataset, True

@@ -93,7 +93,7 @@ def run_trial(config: dict[str, Any], session: TrialSession, parent_run_id: str 
     # Tune kept is the one to continue. A retry in the same folder may also find one written but not yet reported.
     # Paths are relative to the trial's working folder (Tune's cwd for the trial), and per trial in case it is not.
     resume_from = session.restore(Path("dmh-restored") / trial_id)
-    local = Path(cfg.run_dir) / resolve(cfg).run_name / "checkpoint.pt"
+    local = resolve(cfg).checkpoint_path
     if resume_from is None and local.exists():
         resume_from = local
     run_id = load_checkpoint(resume_from)["run_id"] if resume_from is not None else None

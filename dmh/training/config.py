@@ -6,11 +6,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
@@ -194,6 +197,11 @@ class Resolved:
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.cfg.algo}_{self.cfg.task}_n{self.n_context}_c{self.c}_s{self.cfg.seed}_{digest}"
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where this configuration's checkpoint lives: ``<run_dir>/<run name>/checkpoint.pt``."""
+        return Path(self.cfg.run_dir) / self.run_name / "checkpoint.pt"
+
 
 def resolve(cfg: TrainConfig) -> Resolved:
     """The task spec and the effective n_context and c (the task's unknown names are a ``DmhError``)."""
@@ -202,37 +210,103 @@ def resolve(cfg: TrainConfig) -> Resolved:
                     spec.c if cfg.c is None else cfg.c)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """Where a number may lie: ``low`` (inclusive unless ``open_low``) up to ``high`` (exclusive; None = no bound)."""
+
+    low: float
+    high: float | None = None
+    open_low: bool = False
+    words: str = ""  # how a message says it: "positive", "non-negative", "in [0, 2**32)"
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        return above and (self.high is None or value < self.high)
+
+    def describe(self, kind: str) -> str:
+        """``a positive integer``, ``an integer in [0, 2**32)``, ``a non-negative number``."""
+        if self.words.startswith("in "):
+            return f"{'an' if kind == 'integer' else 'a'} {kind} {self.words}"
+        return f"{'an' if self.words[0] in 'aeiou' else 'a'} {self.words} {kind}"
+
+
+POSITIVE = Bounds(0, open_low=True, words="positive")
+NON_NEGATIVE = Bounds(0, words="non-negative")
+SEED = Bounds(0, 2**32, words="in [0, 2**32)")  # what numpy and torch accept as a seed
+FRACTION = Bounds(0, 1, words="in [0, 1)")
+# The range of every number a TrainConfig holds, beside the dataclass's types: validate() checks both, and
+# tests/test_config_checks.py fails for a numeric field missing here, so a new field cannot go unchecked.
+FIELD_BOUNDS: dict[str, Bounds] = {
+    "seed": SEED, "data_seed": SEED,
+    "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE, "grad_clip": POSITIVE, "checkpoint_every": POSITIVE,
+    "log_every": POSITIVE, "n_context": POSITIVE, "c": POSITIVE, "data_steps": POSITIVE,
+    "weight_decay": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE, "history_stride": NON_NEGATIVE,
+    "dt_context_len": NON_NEGATIVE, "eval_every": NON_NEGATIVE, "eval_tasks": NON_NEGATIVE,
+    "eval_episodes": NON_NEGATIVE, "threads": NON_NEGATIVE,
+}
+# The same for the model-config fields a preset or --set may override (model.d_model=…), across every model.
+MODEL_FIELD_BOUNDS: dict[str, Bounds] = {
+    "max_timestep": POSITIVE, "d_model": POSITIVE, "n_layer": POSITIVE, "n_head": POSITIVE,
+    "n_mamba_layer": POSITIVE, "d_state": POSITIVE, "d_conv": POSITIVE, "expand": POSITIVE, "scan_chunk": POSITIVE,
+    "context_len": POSITIVE, "c": POSITIVE, "rtg_scale": POSITIVE, "z_dim": POSITIVE, "dropout": FRACTION,
+    "subgoal_loss_weight": NON_NEGATIVE, "local_checkpoint_chunk": NON_NEGATIVE, "train_blocks": NON_NEGATIVE,
+}
+CHOICES = {"algo": ALGOS, "preset": tuple(PRESETS), "context_sampling": ("auto", "window", "random")}
+
+
+def check_value(name: str, value: Any, hint: Any, bounds: Bounds | None) -> None:
+    """``value`` of field ``name`` has the field's type (``hint``, from the dataclass) and lies in ``bounds``; a
+    ``DmhError`` naming the field otherwise. Unsupported annotations are a ``TypeError`` (a programming error)."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return
+    base = next((a for a in args if a is not type(None)), hint) if type(hint) is types.UnionType else hint
+    origin = typing.get_origin(base)
+    if origin is Literal:
+        if value not in typing.get_args(base):
+            raise DmhError(f"{name} must be one of {', '.join(map(str, typing.get_args(base)))}, got {value!r}")
+        return
+    kinds = {bool: ("a boolean", bool), str: ("a string", str), int: ("an integer", int),
+             float: ("a number", (int, float)), dict: ("a mapping", dict)}
+    key = origin or base
+    if key not in kinds:
+        raise TypeError(f"{name}: no check for annotation {hint!r}")
+    words, accepted = kinds[key]
+    if not isinstance(value, accepted) or (key is not bool and isinstance(value, bool)):
+        raise DmhError(f"{name} must be {words}, got {value!r}")
+    out_of_bounds = key in (int, float) and (not math.isfinite(value) or (bounds and not bounds.holds(value)))
+    if out_of_bounds:
+        kind = "integer" if key is int else "number"
+        described = bounds.describe(kind) if bounds is not None else f"a finite {kind}"
+        raise DmhError(f"{name} must be {described}, got {value!r}")
+
+
 def validate(cfg: TrainConfig) -> Resolved:
-    """Reject a bad configuration with a message naming the field, before any work starts; returns it resolved."""
-    if cfg.algo not in ALGOS:
-        raise DmhError(f"algo: unknown algo {cfg.algo!r}; valid: {', '.join(ALGOS)}")
+    """Reject a bad configuration with a message naming the field, before any work starts; returns it resolved.
+
+    Every field is checked against its annotation and, for numbers, ``FIELD_BOUNDS``; names against ``CHOICES``;
+    the model overrides against the algo's model-config annotations and ``MODEL_FIELD_BOUNDS``."""
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise DmhError(f"{name}: unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(choices)}")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        check_value(f.name, getattr(cfg, f.name), hints[f.name], FIELD_BOUNDS.get(f.name))
+    check_device(cfg.device)
     setup = resolve(cfg)
-    spec, n, c = setup.spec, setup.n_context, setup.c
-    for name in ("steps", "batch_size"):
-        if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
-            raise DmhError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
-    if isinstance(c, bool) or not isinstance(c, int) or c <= 0:
-        raise DmhError(f"c must be a positive integer (steps per sub-goal), got {c!r}")
+    spec, c = setup.spec, setup.c
+    check_value("c", c, int, POSITIVE)
+    check_value("n_context", setup.n_context, int, POSITIVE)
     if cfg.algo == "dmh" and c > spec.horizon:
         raise DmhError(f"c={c} is longer than an episode of {spec.name} ({spec.horizon} steps)")
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise DmhError(f"n_context must be a positive integer (episodes per context), got {n!r}")
-    for name in ("lr", "grad_clip"):
-        if not isinstance(getattr(cfg, name), int | float) or getattr(cfg, name) <= 0:
-            raise DmhError(f"{name} must be positive, got {getattr(cfg, name)!r}")
-    for name in ("weight_decay", "warmup_steps", "eval_every", "eval_tasks", "eval_episodes", "history_stride",
-                 "dt_context_len", "threads", "data_steps"):
-        if not isinstance(getattr(cfg, name), int | float) or getattr(cfg, name) < 0:
-            raise DmhError(f"{name} must be non-negative, got {getattr(cfg, name)!r}")
-    if cfg.checkpoint_every <= 0 or cfg.log_every <= 0:
-        raise DmhError("checkpoint_every and log_every must be positive")
-    if cfg.context_sampling not in ("auto", "window", "random"):
-        raise DmhError(f"context_sampling must be auto, window or random, got {cfg.context_sampling!r}")
-    check_device(cfg.device)
-    allowed = {f.name for f in dataclasses.fields(config_class(cfg.algo))} - {"obs_dim", "act_dim", "discrete"}
+    model_cls = config_class(cfg.algo)
+    allowed = {f.name for f in dataclasses.fields(model_cls)} - {"obs_dim", "act_dim", "discrete"}
     unknown = sorted(set(cfg.model) - allowed)
     if unknown:
         raise DmhError(f"model: unknown field(s) {', '.join(unknown)} for algo {cfg.algo}")
+    model_hints = typing.get_type_hints(model_cls)
+    for name, value in cfg.model.items():
+        check_value(f"model.{name}", value, model_hints[name], MODEL_FIELD_BOUNDS.get(name))
     return setup
 
 

@@ -19,8 +19,8 @@ from dmh.models import scan_backend
 from dmh.tasks import resolve_task
 from dmh.tracking import TrackedRun, default_tracking_uri
 from dmh.training.checkpoint import load_checkpoint, model_from_checkpoint
-from dmh.training.config import TrainConfig, to_yaml, torch_device
-from dmh.training.train import Trainer, TrainResult, offline_hours_per_10k
+from dmh.training.config import TrainConfig, to_yaml, torch_device, validate
+from dmh.training.train import Trainer, TrainResult, nothing_to_resume, offline_hours_per_10k
 from dmh.vocabulary import Metric, Tag
 
 log = logging.getLogger("dmh")
@@ -51,18 +51,28 @@ def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dic
 
 def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None = None,
               tags: dict[str, str] | None = None, resume_from: Path | None = None,
-              on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Train ``cfg`` inside one MLflow run; ``resume`` continues the run's checkpoint and MLflow run.
+              on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None,
+              start_if_missing: bool = False) -> TrainResult:
+    """Train ``cfg`` inside one MLflow run.
 
-    ``resume_from`` names a checkpoint file to continue instead (a Ray Tune trial restored on another worker);
-    ``on_checkpoint`` is called after every checkpoint is written (path, step, metrics).
+    ``resume`` continues this configuration's checkpoint and MLflow run, and without one stops with an error naming
+    the settings that differ from the checkpoint of the same algo, task and seed (``nothing_to_resume``), unless
+    ``start_if_missing`` (``--resume-or-start``), which starts a new run and says so. Without ``resume`` an existing
+    checkpoint is an error. Both are decided before any work. ``resume_from`` names a checkpoint file to continue
+    instead (a Ray Tune trial restored on another worker); ``on_checkpoint`` is called after every checkpoint is
+    written (path, step, metrics).
     """
+    setup = validate(cfg)
+    own = setup.checkpoint_path
+    if resume_from is None and resume and not own.exists():
+        if not start_if_missing:
+            raise DmhError(nothing_to_resume(setup))
+        log.warning("nothing to resume for these settings (no %s): starting a new run", own)
+    elif resume_from is None and not resume and own.exists():
+        raise DmhError(f"{own} already exists: pass --resume to continue that run, or change --seed / run_dir")
     trainer = Trainer(cfg, on_checkpoint=on_checkpoint)
     if resume or resume_from is not None:
         trainer.resume_if_possible(resume_from)
-    elif trainer.checkpoint_path.exists():
-        raise DmhError(f"{trainer.checkpoint_path} already exists: pass --resume to continue that run, or change "
-                       "--seed / run_dir")
     name = trainer.setup.run_name
     with TrackedRun(cfg.experiment, run_name=name, params=run_params(trainer), run_id=trainer.run_id,
                     tags={Tag.TASK: cfg.task, Tag.ALGO: cfg.algo, **(tags or {})}, tracking_uri=tracking_uri) as run:

@@ -20,6 +20,7 @@ import torch
 from dmh.data.format import EpisodeDataset
 from dmh.errors import DmhError
 from dmh.evaluation.online import EvalResult, evaluate_online
+from dmh.io import check_writable_dir
 from dmh.models import ContextShape, ModelConfig, algorithm, build_model
 from dmh.progress import progress
 from dmh.tasks import TaskSpec, task_dataset
@@ -95,6 +96,7 @@ class Trainer:
         self.setup = validate(cfg)  # the task resolved once for the whole run
         self.spec = self.setup.spec
         self.device = torch_device(cfg.device)  # before any work: cuda on a machine without it fails here
+        check_writable_dir(Path(cfg.run_dir), "run_dir")
         self.cfg = cfg
         self.tracker = tracker
         self.on_checkpoint = on_checkpoint  # called after every checkpoint (path, step, metrics): Ray Tune reporting
@@ -113,8 +115,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
         self.step = 0
         self.train_seconds = 0.0
-        self.run_dir = Path(cfg.run_dir) / self.setup.run_name
-        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.checkpoint_path = self.setup.checkpoint_path
+        self.run_dir = self.checkpoint_path.parent
         self.run_id: str | None = None
         self.last_loss = math.nan
         self.rng = rng_state(self.sampler.rng)  # the random streams fit() starts from (a resume replaces them)
@@ -217,6 +219,30 @@ class Trainer:
         evaluation = self.evaluate()
         return TrainResult(self.run_id, self.checkpoint_path, self.last_loss, evaluation, self.train_seconds,
                            self.step)
+
+
+def nothing_to_resume(setup: Resolved) -> str:
+    """Why ``--resume`` finds no checkpoint for ``setup``: with the checkpoint of the same algo, task and seed that
+    ``run_dir`` holds (the latest), the settings by which it differs; a changed setting changes the run's name."""
+    cfg = setup.cfg
+    who = f"{cfg.algo} / {cfg.task} / seed {cfg.seed}"
+    found = sorted(Path(cfg.run_dir).glob(f"{cfg.algo}_{cfg.task}_n*_c*_s{cfg.seed}_*/checkpoint.pt"),
+                   key=lambda path: path.stat().st_mtime)
+    if not found:
+        return (f"--resume: nothing to resume: no checkpoint {setup.checkpoint_path}, and none for {who} in "
+                f"{cfg.run_dir}; start a new run without --resume (or with --resume-or-start)")
+    saved, now = load_checkpoint(found[-1])["config"], dataclasses.asdict(cfg)
+    changed = []
+    for key in config_differences(saved, cfg):
+        if key == "model":  # name the model fields, not two whole mappings
+            old, new = saved.get(key) or {}, now[key]
+            changed += [f"model.{k} {old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+                        if old.get(k) != new.get(k)]
+        else:
+            changed.append(f"{key} {saved.get(key)!r} (now {now.get(key)!r})")
+    return (f"--resume: no checkpoint for these settings ({setup.checkpoint_path}); the checkpoint of {who} at "
+            f"{found[-1]} was made with other settings: {', '.join(changed) or 'none (another dmh version?)'}. "
+            "Resume with those settings, or start a new run without --resume (or with --resume-or-start)")
 
 
 def offline_hours_per_10k(train_seconds: float, steps: int) -> float:
