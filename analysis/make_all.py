@@ -201,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_store(uri: str) -> None:
-    """A local SQLite store must exist: MLflow would silently create an empty one and the report would be empty."""
+    """A local SQLite store must exist: MLflow would silently create an empty one and the report would be empty.
+    Any store must answer (``dmh.tracking.check_store``): a server that is down is one line, not minutes of
+    MLflow's retries."""
+    from dmh.tracking import check_store as check_reachable
     from dmh.tracking import local_sqlite_path
 
     db = local_sqlite_path(uri)
     if db is not None and not db.exists():
         raise DmhError(f"no MLflow store at {db}: run a sweep first (e.g. python sweeps/c_sensitivity.py), or pass "
                        "--tracking-uri")
+    check_reachable(uri)
 
 
 if __name__ == "__main__":

@@ -78,16 +78,20 @@ def _cmd_data_d4rl_sample(args: argparse.Namespace) -> None:
 def _cmd_data_show(args: argparse.Namespace) -> None:
     import json
 
-    from dmh.data.format import load_dataset
+    from dmh.data.d4rl import load_dataset_file
 
-    dataset = load_dataset(args.path)
+    dataset = load_dataset_file(args.path, args.name)  # either layout, checked against its environment
+    generator = dataset.metadata["generator"]
+    summary = None
+    if isinstance(generator, dict) and generator.get("name") == "tabular_q_learning":
+        from dmh.data.histories import summarize_learning
+
+        summary = summarize_learning(dataset)  # before printing: a failure here is one error line, not half a report
     print(json.dumps(dataset.metadata, indent=2, default=str))
     returns = dataset.episode_returns
     print(f"returns: min {returns.min():.3f} mean {returns.mean():.3f} max {returns.max():.3f}")
-    if dataset.metadata.get("generator", {}).get("name") == "tabular_q_learning":
-        from dmh.data.histories import summarize_learning
-
-        print(summarize_learning(dataset).line())
+    if summary is not None:
+        print(summary.line())
 
 
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:
@@ -129,17 +133,22 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--overwrite", action="store_true")
     sample.set_defaults(func=_cmd_data_d4rl_sample)
 
-    show = dsub.add_parser("show", help="print a dataset file's metadata and returns")
+    show = dsub.add_parser("show", help="check a dataset file (dmh or D4RL layout) against its environment and print "
+                           "its metadata and returns")
     show.add_argument("path", type=Path)
+    show.add_argument("--name", default=None, help="the D4RL dataset a D4RL-layout file holds, e.g. hopper-medium-v2 "
+                      "(default: what the file records, or its d4rl file name)")
     show.set_defaults(func=_cmd_data_show)
 
 
 # -------------------------------------------------------------------------------------------- dmh train / evaluate
 def _cmd_train(args: argparse.Namespace) -> None:
+    from dmh.tracking import check_store, default_tracking_uri
     from dmh.training.config import make_config
     from dmh.training.run import train_run
 
     cfg = make_config(args.algo, args.task, args.preset, seed=args.seed, config_file=args.config, sets=args.set)
+    check_store(default_tracking_uri())  # the store the run will use, before data or a model is built
     result = train_run(cfg, resume=args.resume or args.resume_or_start, start_if_missing=args.resume_or_start)
     curve = " ".join(f"{r:.2f}" for r in result.evaluation.curve)
     print(f"run {result.run_id}: {result.steps} updates, loss {result.final_loss:.4f}, last-episode return "
@@ -147,8 +156,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from dmh.tracking import check_store, default_tracking_uri
     from dmh.training.run import checkpoint_of_run, evaluate_checkpoint
 
+    check_store(default_tracking_uri())  # where the checkpoint may come from and the result is logged
     path = Path(args.target)
     checkpoint = path if path.suffix == ".pt" or path.exists() else checkpoint_of_run(args.target)
     result = evaluate_checkpoint(checkpoint, episodes=args.episodes, n_tasks=args.tasks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +19,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # pyproject.toml: pytest resolves a filter's warning class while reading its configuration, which would import
     # Ray before the settings above.
     config.addinivalue_line("filterwarnings", "error::ray.util.annotations.RayDeprecationWarning")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test in its own folder: its own MLflow store (./mlflow.db), runs/ and shared data cache (modules with
+    other needs, such as the sweeps', define their own)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path.parent / "dmh-test-data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

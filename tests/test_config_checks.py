@@ -13,14 +13,6 @@ from dmh.training.config import FIELD_BOUNDS, MODEL_FIELD_BOUNDS, TrainConfig, c
 SET_BY_THE_TASK = {"obs_dim", "act_dim", "discrete"}  # filled from the task, never overridden
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path.parent / "dmh-test-data"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def numeric(hint):
     return {int, float} & ({hint} | set(typing.get_args(hint)))
 

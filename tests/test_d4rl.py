@@ -471,3 +471,118 @@ def test_building_halfcheetah_leaves_no_mujoco_log_in_the_working_directory(tmp_
     monkeypatch.chdir(tmp_path)
     make_mujoco_env("halfcheetah-medium-v2").close()
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+# ------------------------------------------------------------------------------- checks against the environment
+def test_replay_files_float_flags_and_float64_arrays_are_accepted(tmp_path):
+    arrays = synthetic_arrays("hopper", lengths=(3, 4))
+    for key in ("observations", "actions"):
+        arrays[key] = arrays[key].astype(np.float64)  # rlkit replay buffers store float64
+    arrays["rewards"] = arrays["rewards"].astype(np.float64)[:, None]
+    arrays["terminals"] = arrays["terminals"].astype(np.float64)  # rlkit's env_infos: float 0.0 / 1.0
+    arrays["timeouts"] = arrays["timeouts"].astype(np.float64)
+    dataset = load_d4rl("hopper-medium-replay-v2", write_raw(tmp_path / "raw.hdf5", arrays))
+    assert dataset.terminals.dtype == np.bool_ and dataset.episode_lengths.tolist() == [3, 4]
+    assert dataset.terminals.tolist() == (arrays["terminals"] == 1).tolist()
+
+
+@pytest.mark.parametrize("value", [0.5, 2.0, -1.0])
+def test_numeric_flags_other_than_zero_or_one_are_refused(tmp_path, value):
+    arrays = synthetic_arrays()
+    arrays["timeouts"] = arrays["timeouts"].astype(np.float32)
+    arrays["timeouts"][2] = value
+    match = r"'timeouts' has 1 step\(s\) that are neither 0 nor 1 .*first at step 2"
+    assert_rejected_unchanged("hopper-medium-v2", write_raw(tmp_path / "raw.hdf5", arrays), match)
+
+
+def test_actions_outside_minus_one_one_are_refused_counting_them(tmp_path):
+    arrays = synthetic_arrays()
+    arrays["actions"][1, 0] = 1.5
+    arrays["actions"][4, 2] = -1.01
+    match = r"'actions' has 2 step\(s\) outside hopper's action bounds \[-1, 1\] .*\(first at step 1: \[1.5,"
+    assert_rejected_unchanged("hopper-medium-v2", write_raw(tmp_path / "raw.hdf5", arrays), match)
+
+
+def test_actions_at_the_bounds_and_within_the_tolerance_are_accepted(tmp_path):
+    from dmh.data.checks import ACTION_TOLERANCE
+
+    arrays = synthetic_arrays()
+    arrays["actions"][0] = 1.0  # tanh saturates to exactly ±1 in float32
+    arrays["actions"][1] = -1.0
+    arrays["actions"][2, 0] = 1.0 + ACTION_TOLERANCE / 2
+    dataset = load_d4rl("hopper-medium-v2", write_raw(tmp_path / "raw.hdf5", arrays))
+    assert dataset.actions.max() > 1.0
+
+
+def test_integer_actions_of_a_continuous_environment_are_refused(tmp_path):
+    arrays = synthetic_arrays()
+    arrays["actions"] = np.zeros_like(arrays["actions"], dtype=np.int64)
+    match = "'actions' has dtype int64; hopper's actions are continuous"
+    assert_rejected_unchanged("hopper-medium-v2", write_raw(tmp_path / "raw.hdf5", arrays), match)
+
+
+def test_minari_terminations_that_are_not_flags_are_refused():
+    episode = SimpleNamespace(observations=np.zeros((4, 11)), actions=np.zeros((3, 3)), rewards=np.zeros(3),
+                              terminations=np.array([0.0, 0.5, 1.0]), truncations=np.zeros(3, bool))
+    with pytest.raises(DmhError, match=r"episode 0: 'terminations' has 1 step\(s\) that are neither 0 nor 1"):
+        episodes_from_minari("hopper-medium-v2", [episode], "in-memory")
+
+
+def test_d4rl_spaces_are_built_without_mujoco(monkeypatch):
+    from dmh.envs import spaces
+
+    monkeypatch.setitem(sys.modules, "mujoco", None)
+    observation_space, action_space = spaces("walker2d-medium-replay-v2")
+    assert observation_space.shape == (17,)
+    assert (action_space.shape, action_space.low.min(), action_space.high.max()) == ((6,), -1.0, 1.0)
+
+
+@pytest.mark.parametrize("env", ["halfcheetah", "hopper", "walker2d"])
+def test_the_gymnasium_environment_has_the_spaces_its_data_are_checked_against(env, mujoco):
+    from dmh.envs import spaces
+
+    observation_space, action_space = spaces(f"{env}-medium-v2")
+    gym_env = make_mujoco_env(env)
+    try:
+        assert gym_env.observation_space.shape == observation_space.shape
+        assert gym_env.action_space == action_space
+    finally:
+        gym_env.close()
+
+
+# ------------------------------------------------------------------------------------------ dmh data show of D4RL
+def test_show_reads_a_raw_d4rl_file_under_d4rls_own_file_name(tmp_path, capsys):
+    from dmh.cli import main
+
+    path = write_raw(tmp_path / "hopper_medium_replay-v2.hdf5", synthetic_arrays("hopper", lengths=(3, 4)))
+    assert main(["data", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert '"env_id": "hopper-medium-replay-v2"' in out and "returns: min" in out
+
+
+def test_show_of_a_raw_file_that_names_no_dataset_asks_for_one_and_then_reads_it(tmp_path, capsys):
+    from dmh.cli import main
+
+    path = write_raw(tmp_path / "mine.hdf5", synthetic_arrays("hopper"))
+    assert main(["data", "show", str(path)]) == 2
+    assert "pass --name" in capsys.readouterr().err
+    assert main(["data", "show", str(path), "--name", "hopper-medium-expert-v2"]) == 0
+    assert '"env_id": "hopper-medium-expert-v2"' in capsys.readouterr().out
+
+
+def test_show_checks_a_raw_file_against_the_named_environment(tmp_path, capsys):
+    from dmh.cli import main
+
+    path = write_raw(tmp_path / "mine.hdf5", synthetic_arrays("hopper"))
+    assert main(["data", "show", str(path), "--name", "halfcheetah-medium-v2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmh: error:") and "'observations' has shape (7, 11) but halfcheetah has 17" in err
+
+
+def test_show_reads_a_d4rl_dataset_saved_in_the_project_format(tmp_path, capsys):
+    from dmh.cli import main
+
+    dataset = load_d4rl("walker2d-medium-v2", write_raw(tmp_path / "raw.hdf5", synthetic_arrays("walker2d")))
+    path = save_dataset(dataset, tmp_path / "dmh.h5")
+    assert main(["data", "show", str(path)]) == 0
+    assert '"env_id": "walker2d-medium-v2"' in capsys.readouterr().out

@@ -221,3 +221,92 @@ def test_dmh_data_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("dmh: error:") and message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- checks against the environment
+def with_arrays(dataset, **arrays):
+    return EpisodeDataset(**{**vars(dataset), **arrays})
+
+
+def test_actions_outside_the_action_space_are_refused_counting_them_and_naming_the_first(darkroom):
+    actions = darkroom.actions.copy()
+    actions[[3, 40]] = [7, -1]
+    with pytest.raises(DmhError, match=r"'actions' has 2 step\(s\) outside dmh/Darkroom-v0's actions \[0, 5\) "
+                                       r"\(first at step 3: 7\)"):
+        with_arrays(darkroom, actions=actions).validate("d.h5")
+
+
+def test_float_terminals_are_refused_naming_the_key_and_dtype_rather_than_cast(tmp_path, darkroom):
+    path = save_dataset(darkroom, tmp_path / "d.h5")
+    corrupt(path, replace_key("terminals", darkroom.terminals.astype(np.float32)))
+    with pytest.raises(DmhError, match="'terminals' has dtype float32; episode flags must be bool"):
+        load_dataset(path)
+
+
+def test_float_actions_of_a_discrete_environment_are_refused(darkroom):
+    with pytest.raises(DmhError, match=r"'actions' has dtype float32 .* 5 discrete actions"):
+        with_arrays(darkroom, actions=darkroom.actions.astype(np.float32)).validate()
+
+
+def test_observations_off_the_grid_or_between_cells_are_refused(darkroom):
+    off_grid, between_cells = r"outside dmh/Darkroom-v0's observation space \[0, 8\]", "with non-integer values"
+    for value, match in ((9.0, off_grid), (3.5, between_cells)):
+        observations = darkroom.observations.copy()
+        observations[11, 1] = value
+        with pytest.raises(DmhError, match=rf"'observations' has 1 step\(s\) {match}.*first at step 11"):
+            with_arrays(darkroom, observations=observations).validate()
+
+
+def test_observations_of_another_size_than_the_environments_are_refused(darkroom):
+    observations = np.zeros((darkroom.num_steps, 3), np.float32)
+    with pytest.raises(DmhError, match=r"'observations' has shape .* but dmh/Darkroom-v0 has 2 per step"):
+        with_arrays(darkroom, observations=observations).validate()
+
+
+def test_a_dataset_of_an_unknown_environment_is_refused_listing_the_known_ones(darkroom):
+    data = EpisodeDataset(**{**vars(darkroom), "metadata": {**darkroom.metadata, "env_id": "dmh/Nowhere-v0"}})
+    with pytest.raises(DmhError, match=r"unknown environment 'dmh/Nowhere-v0'; known: dmh/Darkroom-v0, .*"
+                                       r"dmh/TMaze-v0, .*hopper-medium-v2"):
+        data.validate()
+
+
+def test_metadata_that_calls_discrete_actions_continuous_is_refused(darkroom):
+    data = EpisodeDataset(**{**vars(darkroom), "metadata": {**darkroom.metadata, "discrete": False}})
+    with pytest.raises(DmhError, match="discrete=False, but dmh/Darkroom-v0's actions are discrete"):
+        data.validate()
+
+
+def test_an_empty_dataset_is_refused(darkroom):
+    data = with_arrays(darkroom, **{k: getattr(darkroom, k)[:0] for k in ("observations", "actions", "rewards",
+                                                                          "terminals", "timeouts", "episode_task",
+                                                                          "episode_history")})
+    with pytest.raises(DmhError, match="holds no steps"):
+        data.validate()
+
+
+def test_tmaze_observations_outside_minus_one_one_are_refused():
+    data = generate_tmaze(TMazeDataConfig(memory_length=10, histories=1, episodes_per_history=2))
+    data.validate()
+    data.observations[5, 1] = 2.0
+    with pytest.raises(DmhError, match=r"outside dmh/TMaze-v0's observation space \[-1, 1\].*first at step 5"):
+        data.validate()
+
+
+def test_the_gymnasium_classes_declare_the_spaces_datasets_are_checked_against():
+    import gymnasium as gym
+
+    from dmh.envs import FAMILIES, TMAZE_IDS, spaces
+
+    for env_id in (*FAMILIES, *TMAZE_IDS):
+        env = gym.make(env_id)
+        assert (env.observation_space, env.action_space) == spaces(env_id), env_id
+    assert spaces("dmh/LargeDarkroom-v0")[0].high.tolist() == [39, 39]
+
+
+def test_dmh_data_show_refuses_out_of_range_actions_in_one_line(tmp_path, darkroom, capsys):
+    path = save_dataset(darkroom, tmp_path / "d.h5")
+    corrupt(path, lambda f: f["actions"].__setitem__(3, 7))
+    assert main(["data", "show", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("dmh: error:") and len(err.splitlines()) == 1
+    assert "'actions' has 1 step(s) outside dmh/Darkroom-v0's actions [0, 5) (first at step 3: 7)" in err

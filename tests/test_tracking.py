@@ -6,30 +6,42 @@ copied into each test's folder.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import http.server
+import importlib
 import os
+import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from dmh.errors import DmhError
 from dmh.tracking import (
     MAX_PARAM_VALUE_LENGTH,
     TRUNCATION_MARKER,
     TrackedRun,
+    TrackingUnavailableError,
+    check_store,
     default_tracking_uri,
     flatten_params,
     run_tags,
 )
+from dmh.tracking.outage import bounded_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -374,3 +386,266 @@ def test_processes_starting_at_once_on_a_new_sqlite_store_all_get_their_runs(tmp
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["r0", "r1", "r2"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# ----- the store checked before any work ------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    """A port nothing listens on (bound for a moment to find it, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _one_error_line(err: str, uri: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "error:" in lines[0] and uri in lines[0] and "Traceback" not in err
+    return lines[0]
+
+
+@contextlib.contextmanager
+def _health_server(status: int):
+    """An HTTP server on 127.0.0.1 that answers every GET with ``status``; yields its URI."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_check_store_names_a_server_that_is_down_within_seconds():
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(DmhError, match=re.escape(uri)) as raised:
+        check_store(uri, timeout=5)
+    assert time.monotonic() - started < 5
+    assert "connection refused" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_check_store_accepts_a_server_whose_health_endpoint_answers_and_refuses_one_that_answers_otherwise():
+    with _health_server(200) as uri:
+        check_store(uri)
+    with _health_server(404) as uri, pytest.raises(DmhError, match="answered GET /health with HTTP 404"):
+        check_store(uri)
+
+
+def test_check_store_refuses_a_sqlite_path_under_a_regular_file(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'runs' / 'mlflow.db'}"
+    with pytest.raises(DmhError, match=re.escape(f"{uri} cannot be created: {tmp_path / 'a-file'} is a file")):
+        check_store(uri)
+
+
+def test_check_store_refuses_a_file_that_is_not_a_database(tmp_path):
+    (tmp_path / "mlflow.db").write_text("not a database " * 100)
+    with pytest.raises(DmhError, match="cannot be opened: file is not a database"):
+        check_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_check_store_accepts_a_new_sqlite_store_in_a_new_folder_and_creates_nothing(tmp_path, uri):
+    check_store(f"sqlite:///{tmp_path / 'new' / 'folder' / 'mlflow.db'}")
+    check_store(uri)  # an existing store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+def test_check_store_masks_a_password_in_the_uri_it_names():
+    uri = f"postgresql://user:secret@127.0.0.1:{_closed_port()}/runs"
+    with pytest.raises(DmhError) as raised:
+        check_store(uri, timeout=5)
+    assert "secret" not in str(raised.value) and "user:***@127.0.0.1" in str(raised.value)
+
+
+def test_dmh_train_with_a_server_that_is_down_exits_2_with_one_line_naming_it_and_writes_nothing(
+        tmp_path, monkeypatch, capsys):
+    from dmh import cli
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    assert cli.main(["train", "--algo", "dmh", "--task", "darkroom", "--preset", "smoke"]) == 2
+    assert time.monotonic() - started < 10
+    assert _one_error_line(capsys.readouterr().err, uri).startswith("dmh: error: MLflow tracking server")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dmh_train_with_an_unwritable_sqlite_path_exits_2_with_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from dmh import cli
+
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--algo", "dmh", "--task", "darkroom", "--preset", "smoke"]) == 2
+    assert _one_error_line(capsys.readouterr().err, uri).startswith("dmh: error:")
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_dmh_evaluate_with_a_server_that_is_down_exits_2_with_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from dmh import cli
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["evaluate", "0" * 32]) == 2
+    assert _one_error_line(capsys.readouterr().err, uri).startswith("dmh: error:")
+
+
+def test_dmh_report_with_a_server_that_is_down_exits_2_with_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from dmh import cli
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    assert cli.main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 2
+    assert time.monotonic() - started < 10
+    _one_error_line(capsys.readouterr().err, uri)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_with_a_server_that_is_down_fails_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from sweeps import common
+
+    def no_ray(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("Ray was started although the tracking server is down")
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(common, "connect_ray", no_ray)
+    script = importlib.import_module("sweeps.c_sensitivity")
+    started = time.monotonic()
+    assert common.main(script.SWEEP, ["--preset", "smoke", "--tracking-uri", uri]) == 2
+    assert time.monotonic() - started < 10
+    _one_error_line(capsys.readouterr().err, uri)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- an outage of the store during a run ----------------------------------------------------------------------
+
+
+class _Outage:
+    """Makes a run's client fail its writes as MLflow does when the server is down (a refused connection wrapped in
+    an ``MlflowException``) while ``down`` is true; ``sent`` counts the write requests the client was asked for."""
+
+    WRITES = ("log_batch", "log_artifact", "log_artifacts", "set_terminated")
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.down = True
+        self.sent = 0
+        for name in self.WRITES:
+            setattr(client, name, self._wrap(getattr(client, name)))
+
+    def _wrap(self, write):
+        def maybe_failing(*args, **kwargs):
+            self.sent += 1
+            if self.down:
+                try:
+                    raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+                except requests.exceptions.ConnectionError as exc:
+                    raise MlflowException(f"API request to http://127.0.0.1:1 failed with exception {exc}") from exc
+            return write(*args, **kwargs)
+
+        return maybe_failing
+
+
+def test_metrics_logged_while_the_store_is_down_arrive_once_and_in_order_when_it_returns(uri):
+    with TrackedRun("outage", tracking_uri=uri) as run:
+        run.log_metrics({"train/loss": 1.0}, step=1)
+        outage = _Outage(run._client)
+        for step in range(2, 6):
+            run.log_metrics({"train/loss": 1.0 / step}, step=step)
+        run.log_params({"late": 1})
+        outage.down = False
+    client = MlflowClient(uri)
+    recorded = client.get_run(run.run_id)
+    assert recorded.info.status == "FINISHED" and recorded.data.params["late"] == "1"
+    history = client.get_metric_history(run.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(step, 1.0 / step) for step in range(1, 6)]
+
+
+def test_logging_while_the_store_is_down_returns_at_once_and_does_not_call_the_store_each_time(uri, monkeypatch):
+    monkeypatch.setenv("DMH_TRACKING_DEADLINE", "0")
+    with pytest.raises(TrackingUnavailableError), TrackedRun("outage", tracking_uri=uri) as run:
+        outage = _Outage(run._client)
+        started = time.monotonic()
+        for step in range(200):
+            run.log_metrics({"train/loss": 0.5}, step=step)
+        assert time.monotonic() - started < 0.5
+        assert outage.sent == 1  # the first failure starts a backoff; the rest wait behind it
+
+
+def test_a_store_down_past_the_deadline_ends_the_run_with_one_line_naming_it_and_what_was_not_written(
+        uri, monkeypatch):
+    monkeypatch.setenv("DMH_TRACKING_DEADLINE", "1.5")
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError) as raised, TrackedRun("outage", tracking_uri=uri) as run:
+        _Outage(run._client)
+        run.log_metrics({"train/loss": 0.5, "eval/last_return": 1.0}, step=3)
+        run.log_text("algo: dmh\n", "config.yaml")
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert "\n" not in message and uri in message and run.run_id in message
+    assert f"2 metric values, 1 artifact and the end status FINISHED of run {run.run_id} could not" in message
+
+
+def test_an_exception_in_the_run_is_not_hidden_by_a_store_that_is_down_at_its_end(uri, monkeypatch, caplog):
+    monkeypatch.setenv("DMH_TRACKING_DEADLINE", "0")
+    with pytest.raises(RuntimeError, match="diverged"), TrackedRun("outage", tracking_uri=uri) as run:
+        _Outage(run._client)
+        raise RuntimeError("loss diverged")
+    assert any(uri in r.getMessage() and "end status FAILED" in r.getMessage() for r in caplog.records)
+
+
+def test_an_artifact_that_had_to_wait_is_uploaded_as_it_was_when_logged(uri, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"step 5")
+    with TrackedRun("outage", tracking_uri=uri) as run:
+        outage = _Outage(run._client)
+        run.log_artifact(checkpoint, "checkpoint")
+        checkpoint.write_bytes(b"step 6, written after the artifact was logged")
+        outage.down = False
+    local = MlflowClient(uri).download_artifacts(run.run_id, "checkpoint/checkpoint.pt", str(tmp_path / "dl"))
+    assert Path(local).read_bytes() == b"step 5"
+
+
+def test_a_failure_that_retrying_cannot_fix_is_raised_at_once(uri):
+    with TrackedRun("outage", tracking_uri=uri) as run:
+        def invalid(*args, **kwargs):
+            raise MlflowException("Invalid value for metric", error_code="INVALID_PARAMETER_VALUE")
+
+        run._client.log_batch = invalid
+        with pytest.raises(MlflowException, match="Invalid value"):
+            run.log_metrics({"train/loss": 0.5}, step=1)
+        del run._client.log_batch  # the client's own method again
+    assert MlflowClient(uri).get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_mlflow_http_retries_are_bounded_only_while_a_dmh_request_is_in_flight_and_never_over_a_user_setting(
+        monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    with bounded_http():
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the user's choice
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    with bounded_http(upload=True):
+        assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ  # uploads keep MLflow's long timeout

@@ -20,15 +20,6 @@ from dmh.training.train import Trainer
 ALGOS = ["dmh", "dm", "dt", "ad-transformer", "ad-mamba"]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """Each test in its own folder: its own MLflow store (./mlflow.db), runs/ and shared data cache."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path.parent / "dmh-test-data"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def smoke(algo="dmh", task="darkroom", **sets):
     return make_config(algo, task, "smoke", sets=[f"{k}={v}" for k, v in sets.items()])
 

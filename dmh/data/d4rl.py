@@ -30,7 +30,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dmh.data.format import FORMAT_VERSION, EpisodeDataset
+from dmh.data.checks import EPISODE_KEYS, STEP_KEYS, as_flags, check_steps, require_keys
+from dmh.data.format import FORMAT_VERSION, EpisodeDataset, load_dataset
 from dmh.envs.mujoco import (
     D4RL_DATASETS,
     MAX_EPISODE_STEPS,
@@ -50,6 +51,7 @@ __all__ = [
     "episodes_from_arrays",
     "episodes_from_minari",
     "load_d4rl",
+    "load_dataset_file",
     "minari_dataset_id",
     "normalized_score",
     "parse_d4rl_name",
@@ -66,7 +68,7 @@ logger = logging.getLogger(__name__)
 REF_MIN_SCORE = {"halfcheetah": -280.178953, "hopper": -20.272305, "walker2d": 1.629008}
 REF_MAX_SCORE = {"halfcheetah": 12135.0, "hopper": 3234.3, "walker2d": 4592.3}
 
-D4RL_STEP_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+D4RL_STEP_KEYS = STEP_KEYS  # the project format took D4RL's names
 SAMPLE_ALGORITHM = "uniform-random"  # written to metadata/algorithm of a stand-in file
 
 
@@ -118,42 +120,25 @@ def d4rl_available(name: str) -> bool:
 def episodes_from_arrays(name: str, arrays: Mapping[str, Any], source: str) -> EpisodeDataset:
     """Check D4RL-layout step arrays of dataset ``name`` and convert them to an ``EpisodeDataset``.
 
-    Every problem is a ``DmhError`` naming ``source`` and the array at fault. Steps after the last episode end are a
-    cut-off trajectory and are dropped.
+    Every problem is a ``DmhError`` naming ``source`` and the array at fault (``dmh.data.checks``, with D4RL's 0/1
+    numeric flags allowed). Steps after the last episode end are a cut-off trajectory and are dropped.
     """
     env, kind = parse_d4rl_name(name)
     spec = mujoco_spec(env)
-    missing = [k for k in D4RL_STEP_KEYS if k not in arrays]
-    if missing:
-        raise DmhError(f"{source} lacks required key(s): {', '.join(missing)}")
+    require_keys(arrays, D4RL_STEP_KEYS, source)
     data = {k: np.asarray(arrays[k]) for k in D4RL_STEP_KEYS}
-    for key, arr in data.items():
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise DmhError(f"{source}: '{key}' holds {arr.dtype} values, not numbers")
     for key in ("rewards", "terminals", "timeouts"):
         if data[key].ndim == 2 and data[key].shape[1] == 1:  # some D4RL files store these as [N, 1]
             data[key] = data[key][:, 0]
-        if data[key].ndim != 1:
-            raise DmhError(f"{source}: '{key}' must be 1-d [steps], got shape {data[key].shape}")
-    for key, dim in (("observations", spec.obs_dim), ("actions", spec.act_dim)):
-        shape = data[key].shape
-        if len(shape) != 2 or shape[1] != dim:
-            raise DmhError(f"{source}: '{key}' has shape {shape} but {env} has {dim} per step "
-                           f"(is this a {name} file?)")
-    lengths = {k: int(a.shape[0]) for k, a in data.items()}
-    if len(set(lengths.values())) > 1:
-        raise DmhError(f"{source}: arrays have mismatched lengths: "
-                       + ", ".join(f"{k} {n}" for k, n in lengths.items()))
-    for key in ("observations", "actions", "rewards"):
-        finite = np.isfinite(data[key].reshape(lengths[key], -1)).all(axis=1)
-        if not finite.all():
-            raise DmhError(f"{source}: '{key}' contains NaN or inf (first at step {int(np.flatnonzero(~finite)[0])})")
+    check_steps(data, name, source, numeric_flags=True)
+    terminals = as_flags(data["terminals"], "terminals", source, numeric=True)
+    timeouts = as_flags(data["timeouts"], "timeouts", source, numeric=True)
 
-    ends = data["terminals"].astype(bool) | data["timeouts"].astype(bool)
+    ends = terminals | timeouts
     if not ends.any():
         raise DmhError(f"{source}: no step has a terminals or timeouts flag, so it holds no complete episode")
     kept = int(np.flatnonzero(ends)[-1]) + 1
-    dropped = lengths["rewards"] - kept
+    dropped = int(ends.shape[0]) - kept
     if dropped:
         logger.info("%s: dropped the last %d steps, a trajectory cut off without terminal or timeout", source, dropped)
     episodes = int(ends[:kept].sum())
@@ -161,8 +146,8 @@ def episodes_from_arrays(name: str, arrays: Mapping[str, Any], source: str) -> E
         observations=data["observations"][:kept].astype(np.float32),  # [N, obs_dim]
         actions=data["actions"][:kept].astype(np.float32),  # [N, act_dim]
         rewards=data["rewards"][:kept].astype(np.float32),  # [N]
-        terminals=data["terminals"][:kept].astype(bool),  # [N]
-        timeouts=data["timeouts"][:kept].astype(bool),  # [N]
+        terminals=terminals[:kept],  # [N]
+        timeouts=timeouts[:kept],  # [N]
         episode_task=np.zeros(episodes, dtype=np.int64),  # one task: the environment itself
         episode_history=np.zeros(episodes, dtype=np.int64),  # D4RL has no learning histories
         tasks=np.zeros((1, 1), dtype=np.float64),
@@ -215,8 +200,8 @@ def episodes_from_minari(name: str, episodes: Iterable[Any], source: str) -> Epi
         rewards = np.asarray(episode.rewards)
         observations = np.asarray(episode.observations)
         actions = np.asarray(episode.actions)
-        terminals = np.asarray(episode.terminations, dtype=bool)
-        truncations = np.asarray(episode.truncations, dtype=bool)
+        terminals = np.asarray(episode.terminations)
+        truncations = np.asarray(episode.truncations)
         steps = rewards.shape[0] if rewards.ndim == 1 else 0
         shapes_ok = (
             steps > 0
@@ -230,6 +215,8 @@ def episodes_from_minari(name: str, episodes: Iterable[Any], source: str) -> Epi
                 f"{actions.shape}, rewards {rewards.shape}, terminations {terminals.shape}, truncations "
                 f"{truncations.shape} (expected [steps + 1, obs_dim], [steps, act_dim] and [steps])"
             )
+        terminals = as_flags(terminals, "terminations", f"{source} episode {index}", numeric=True)
+        truncations = as_flags(truncations, "truncations", f"{source} episode {index}", numeric=True)
         timeouts = truncations & ~terminals
         timeouts[-1] |= not terminals[-1]
         parts["observations"].append(observations[:steps])  # the final observation starts no step
@@ -261,6 +248,40 @@ def _read_minari(name: str, dataset_id: str) -> EpisodeDataset:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise DmhError(f"{source} ({_minari_local_dir(dataset_id)}) cannot be read: {exc}") from None
+
+
+def _d4rl_name_of_file(path: Path, recorded: object) -> str:
+    """Which D4RL dataset a raw file holds: what a dmh stand-in records (``metadata/dataset``), else the dataset whose
+    d4rl file name it has (``hopper_medium_replay-v2.hdf5``)."""
+    if recorded is not None:
+        name = recorded.decode(errors="replace") if isinstance(recorded, bytes) else str(recorded)
+        if name not in D4RL_DATASETS:
+            raise DmhError(f"{path} records dataset {name!r}, not one of {', '.join(D4RL_DATASETS)}")
+        return name
+    for name in D4RL_DATASETS:
+        if d4rl_cache_path(name).name == path.name:
+            return name
+    raise DmhError(f"{path} is in D4RL's layout but does not say which dataset it holds: pass --name (one of "
+                   f"{', '.join(D4RL_DATASETS)}) or give it d4rl's file name (hopper_medium-v2.hdf5, …)")
+
+
+def load_dataset_file(path: str | os.PathLike, name: str | None = None) -> EpisodeDataset:
+    """Read a dataset file in either layout, checked against its environment: the project format (told apart by its
+    ``metadata`` attribute or its episode arrays, which D4RL files lack) or D4RL's raw layout, for dataset ``name``
+    (default: the one the file names)."""
+    path = Path(path)
+    with open_hdf5(path, "dataset file") as f:
+        project = "metadata" in f.attrs or any(k in f for k in (*EPISODE_KEYS, "tasks"))
+        try:
+            recorded = f["metadata/dataset"][()] if not project and "metadata/dataset" in f else None
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+            raise DmhError(f"{path} is corrupt (cannot read its contents): {exc}") from None
+    if project:
+        dataset = load_dataset(path)
+        if name is not None and dataset.metadata["env_id"] != name:
+            raise DmhError(f"{path} holds a dataset of {dataset.metadata['env_id']}, not of {name}")
+        return dataset
+    return load_d4rl(name or _d4rl_name_of_file(path, recorded), path)
 
 
 def load_d4rl(name: str, path: str | os.PathLike | None = None) -> EpisodeDataset:

@@ -12,7 +12,8 @@ Layout (top-level HDF5 datasets, D4RL-style names so D4RL data converts without 
                                            one history are stored in the order the learner played them
     tasks           [T, task_dim] float64  the task parameters (goal cell, key and door cells, T-maze goal side…)
 
-Episode boundaries are where ``terminals | timeouts``; every episode, including the last, must end with one.
+Episode boundaries are where ``terminals | timeouts``; every episode, including the last, must end with one. Every
+reader and ``save_dataset`` check a dataset against its environment's spaces with ``dmh.data.checks``.
 The ``metadata`` attribute is a JSON object: env id, generator name and settings, seed, format version, counts.
 Files are written atomically (temporary name, then rename), so an interrupted run never leaves a file that looks
 complete, and an existing file is replaced only by a complete one.
@@ -29,14 +30,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from dmh.data.checks import EPISODE_KEYS, REQUIRED_METADATA, STEP_KEYS, check_dataset, require_keys
 from dmh.errors import DmhError
 from dmh.io import atomic_path, open_hdf5
 
 FORMAT_VERSION = 1
-STEP_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
-EPISODE_KEYS = ("episode_task", "episode_history")
 REQUIRED_KEYS = (*STEP_KEYS, *EPISODE_KEYS, "tasks")
-REQUIRED_METADATA = ("env_id", "generator", "seed", "discrete")
+__all__ = ["EPISODE_KEYS", "FORMAT_VERSION", "REQUIRED_KEYS", "REQUIRED_METADATA", "STEP_KEYS", "EpisodeDataset",
+           "load_dataset", "save_dataset"]
 
 
 @dataclass
@@ -100,38 +101,8 @@ class EpisodeDataset:
 
     # ------------------------------------------------------------------------------------------------- validation
     def validate(self, source: str = "dataset") -> None:
-        """Raise ``DmhError`` naming the first problem: missing metadata, mismatched lengths, NaN/inf, bad indices."""
-        missing = [k for k in REQUIRED_METADATA if k not in self.metadata]
-        if missing:
-            raise DmhError(f"{source}: metadata lacks {', '.join(missing)}")
-        n = self.rewards.shape[0] if self.rewards.ndim else -1
-        for key in STEP_KEYS:
-            arr = getattr(self, key)
-            if arr.ndim == 0 or arr.shape[0] != n:
-                raise DmhError(f"{source}: '{key}' has {arr.shape[0] if arr.ndim else 0} steps but 'rewards' has {n}")
-        if self.observations.ndim != 2:
-            shape = self.observations.shape
-            raise DmhError(f"{source}: 'observations' must be 2-d [steps, obs_dim], got shape {shape}")
-        for key in ("observations", "actions", "rewards"):
-            arr = getattr(self, key)
-            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-                bad = int(np.flatnonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0])
-                raise DmhError(f"{source}: '{key}' contains NaN or inf (first at step {bad})")
-        if self.discrete and (self.actions.ndim != 1 or not np.issubdtype(self.actions.dtype, np.integer)):
-            raise DmhError(f"{source}: discrete 'actions' must be a 1-d integer array, got {self.actions.dtype}")
-        ends = self.terminals | self.timeouts
-        if n and not ends[-1]:
-            raise DmhError(f"{source}: the last episode has no terminal or timeout flag (truncated data?)")
-        e = int(ends.sum())
-        for key in EPISODE_KEYS:
-            arr = getattr(self, key)
-            if arr.ndim != 1 or arr.shape[0] != e:
-                raise DmhError(f"{source}: '{key}' has {arr.shape[0] if arr.ndim else 0} entries but the data has {e} "
-                               "episodes (terminals | timeouts)")
-        if self.tasks.ndim != 2:
-            raise DmhError(f"{source}: 'tasks' must be 2-d [tasks, task_dim], got shape {self.tasks.shape}")
-        if e and (self.episode_task.min() < 0 or self.episode_task.max() >= self.tasks.shape[0]):
-            raise DmhError(f"{source}: 'episode_task' indexes beyond the {self.tasks.shape[0]} tasks")
+        """Raise ``DmhError`` naming the first problem against the dataset's environment (``dmh.data.checks``)."""
+        check_dataset(self, source)
 
     # ------------------------------------------------------------------------------------------------ selections
     def select_episodes(self, episode_mask: np.ndarray) -> EpisodeDataset:
@@ -162,16 +133,19 @@ def load_dataset(path: str | os.PathLike) -> EpisodeDataset:
     """Read and validate a dataset file; every problem is a ``DmhError`` naming the file and what is wrong."""
     path = Path(path)
     with open_hdf5(path, "dataset file") as f:
-        missing = [k for k in REQUIRED_KEYS if k not in f]
-        if missing:
-            raise DmhError(f"{path} lacks required key(s): {', '.join(missing)}")
+        require_keys(f, REQUIRED_KEYS, str(path))
         if "metadata" not in f.attrs:
             raise DmhError(f"{path} has no 'metadata' attribute: not a dmh dataset")
+        groups = [k for k in REQUIRED_KEYS if not isinstance(f[k], h5py.Dataset)]
+        if groups:
+            raise DmhError(f"{path}: '{groups[0]}' is an HDF5 group, not an array")
         try:
             metadata = json.loads(f.attrs["metadata"])
             arrays = {k: f[k][()] for k in REQUIRED_KEYS}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
             raise DmhError(f"{path} is corrupt (cannot read its contents): {exc}") from None
+    if not isinstance(metadata, dict):
+        raise DmhError(f"{path}: its 'metadata' attribute is not a JSON object: not a dmh dataset")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise DmhError(f"{path} has dataset format version {version}; this dmh reads version {FORMAT_VERSION}")

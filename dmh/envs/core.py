@@ -18,7 +18,8 @@ class BatchCore(ABC):
     """Rules of one environment family over a batch of ``B`` independent copies (numpy, no Python loop over B)."""
 
     num_actions: int
-    observation_space: gym.spaces.Box
+    observation_space: gym.spaces.Box  # from the family's ``spaces`` function, which datasets are checked against
+    action_space: gym.spaces.Discrete
 
     @abstractmethod
     def reset(self, rng: np.random.Generator, tasks: np.ndarray | None = None,
@@ -46,7 +47,7 @@ class CoreEnv(gym.Env):
 
     def __init__(self, core: BatchCore, task: np.ndarray | None = None) -> None:
         self.core = core
-        self.action_space = gym.spaces.Discrete(core.num_actions)
+        self.action_space = core.action_space
         self.observation_space = core.observation_space
         self._fixed_task = None if task is None else np.asarray(task, dtype=np.float64).reshape(1, -1)
 

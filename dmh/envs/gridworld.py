@@ -108,6 +108,12 @@ def tasks(env_id: str, split: str = "train") -> np.ndarray:
     raise DmhError(f"unknown task split {split!r}; use 'train' or 'test'")
 
 
+def spaces(family: GridFamily) -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+    """The observation space (the agent's integer (x, y), inside the grid) and the action space of a family: what the
+    gymnasium class declares and what a dataset of the family is checked against (``dmh.envs.spaces``)."""
+    return gym.spaces.Box(0, family.size - 1, shape=(2,), dtype=np.int64), gym.spaces.Discrete(len(MOVES))
+
+
 def check_task(family: GridFamily, task: np.ndarray) -> np.ndarray:
     """Validate task rows [B, task_dim] (integers inside the grid, key ≠ door) and return them as int64."""
     task = np.asarray(task)
@@ -129,7 +135,7 @@ class GridWorldCore(BatchCore):
     def __init__(self, family: GridFamily, batch_size: int) -> None:
         self.family = family
         self.batch_size = batch_size
-        self.observation_space = gym.spaces.Box(0, family.size - 1, shape=(2,), dtype=np.int64)
+        self.observation_space, self.action_space = spaces(family)
         self._tasks = np.zeros((batch_size, family.task_dim), dtype=np.int64)
         self.pos = np.zeros((batch_size, 2), dtype=np.int64)  # [B, 2] agent (x, y)
         self.t = np.zeros(batch_size, dtype=np.int64)  # [B] steps taken this episode

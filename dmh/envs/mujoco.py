@@ -28,6 +28,7 @@ D4RL_DATASET_KINDS = ("medium", "medium-replay", "medium-expert")
 # The nine datasets of the DM-H paper, in D4RL's own naming ("hopper-medium-replay-v2").
 D4RL_DATASETS = tuple(f"{env}-{kind}-v2" for env in D4RL_ENVS for kind in D4RL_DATASET_KINDS)
 MAX_EPISODE_STEPS = 1000  # D4RL's episode length, and the time limit of the gymnasium environments
+ACTION_LOW, ACTION_HIGH = -1.0, 1.0  # every actuator's control range, in the data and in the environments
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class MujocoSpec:
 
     gym_id: str  # gymnasium id, e.g. "Hopper-v5"
     obs_dim: int  # observation size, identical in the D4RL files and the gymnasium environment
-    act_dim: int  # action size (every action lies in [-1, 1])
+    act_dim: int  # action size (every action lies in [ACTION_LOW, ACTION_HIGH])
     make_kwargs: dict[str, Any] = field(default_factory=dict)  # extra gymnasium.make arguments
 
 
@@ -77,6 +78,14 @@ def mujoco_spec(name: str) -> MujocoSpec:
     return MUJOCO_SPECS[mujoco_env_name(name)]
 
 
+def mujoco_spaces(name: str) -> tuple[gym.spaces.Box, gym.spaces.Box]:
+    """The observation space (unbounded) and the action space ([-1, 1] per actuator) of a D4RL environment or dataset,
+    built without MuJoCo. ``make_mujoco_env`` refuses an environment whose spaces differ, so the two cannot drift."""
+    spec = mujoco_spec(name)
+    return (gym.spaces.Box(-np.inf, np.inf, shape=(spec.obs_dim,), dtype=np.float64),
+            gym.spaces.Box(ACTION_LOW, ACTION_HIGH, shape=(spec.act_dim,), dtype=np.float32))
+
+
 def gym_env_id(name: str) -> str:
     """The gymnasium id that evaluates a D4RL dataset or environment: ``"hopper-medium-v2"`` -> ``"Hopper-v5"``."""
     return mujoco_spec(name).gym_id
@@ -96,9 +105,16 @@ def make_mujoco_env(name: str, **kwargs: Any) -> gym.Env:
     previous = mujoco.get_mju_user_warning()
     mujoco.set_mju_user_warning(lambda message: logger.debug("MuJoCo (%s): %s", spec.gym_id, message))
     try:
-        return gym.make(spec.gym_id, **{**spec.make_kwargs, **kwargs})
+        env = gym.make(spec.gym_id, **{**spec.make_kwargs, **kwargs})
     finally:
         mujoco.set_mju_user_warning(previous)
+    observation_space, action_space = mujoco_spaces(name)
+    if env.observation_space.shape != observation_space.shape or env.action_space != action_space:
+        env.close()
+        raise DmhError(f"{spec.gym_id} has observation space {env.observation_space} and action space "
+                       f"{env.action_space}, but its D4RL data have {observation_space} and {action_space}: this "
+                       "gymnasium version changed the environment")
+    return env
 
 
 class MujocoBatch:

@@ -27,13 +27,19 @@ def check_memory_length(memory_length: object) -> int:
     return int(memory_length)
 
 
+def spaces() -> tuple[gym.spaces.Box, gym.spaces.Discrete]:
+    """The observation space (``[0 or 1, y or g]``, every entry in [-1, 1]) and the action space of both variants at
+    every memory length: what the gymnasium class declares and what a T-maze dataset is checked against."""
+    return gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32), gym.spaces.Discrete(len(MOVES))
+
+
 class TMazeCore(BatchCore):
     """The T-maze rules over a batch of independent copies (passive, or active with ``active=True``)."""
 
     num_actions = len(MOVES)
-    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 
     def __init__(self, memory_length: int, batch_size: int, active: bool = False) -> None:
+        self.observation_space, self.action_space = spaces()
         self.memory_length = check_memory_length(memory_length)
         self.batch_size = batch_size
         self.oracle_length = 1 if active else 0  # o: cells between the clue and the start

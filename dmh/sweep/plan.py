@@ -17,7 +17,7 @@ import pyarrow.fs
 from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 from dmh.errors import DmhError
 from dmh.sweep.declare import DEFAULT_SEEDS, PRESETS, Sweep, SweepError
-from dmh.tracking import default_tracking_uri
+from dmh.tracking import check_store, default_tracking_uri
 from dmh.training.config import make_config, parse_sets
 from dmh.vocabulary import D4RL_TASKS
 
@@ -97,6 +97,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         raise SweepError("--max-failures and --max-concurrent must be non-negative")
     experiment = args.experiment or sweep.name
     tracking_uri = args.tracking_uri or default_tracking_uri()
+    check_store(tracking_uri)  # from the driver: a store down now would otherwise fail every trial, after Ray starts
     storage = check_storage(args.storage)
     name = args.name or f"{sweep.name}_{args.preset}"
     shared = dict(sweep=sweep, storage=storage, name=name, resume=args.resume,

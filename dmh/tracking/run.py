@@ -1,12 +1,22 @@
 """One MLflow run as a context manager (``TrackedRun``): params, tags, metrics and artifacts, resume, and an end
-status (FINISHED, FAILED or KILLED) that is recorded even on a signal or an interpreter exit."""
+status (FINISHED, FAILED or KILLED) that is recorded even on a signal, an interpreter exit or an outage of the store.
+
+Every write goes through a :class:`~dmh.tracking.outage.StoreWriter`: while the store is unreachable, writes wait in
+order and training goes on; the run's end sends them, then the end status, waiting up to the deadline
+(``$DMH_TRACKING_DEADLINE``, default 300 s; 10 s for a run stopped by a signal). Past it the run raises
+``TrackingUnavailableError``, one line naming the store and what was not written; the run stays RUNNING in the store
+(its status could not be written either), and ``dmh train --resume`` evaluates its final checkpoint again and ends it
+(the values the line counted are not recovered).
+"""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import dataclasses
+import logging
 import os
+import posixpath
 import signal
 import threading
 import time
@@ -19,20 +29,22 @@ import numpy as np
 
 from dmh.errors import DmhError
 from dmh.tracking.curves import curve_csv, curve_figure
+from dmh.tracking.outage import KILLED_DEADLINE_S, StoreWriter, TrackingUnavailableError, deadline_s
 from dmh.tracking.provenance import run_tags
 from dmh.tracking.store import artifact_location, default_tracking_uri, open_client, quiet_mlflow_env
 from dmh.vocabulary import Metric
 
 # mlflow is imported inside the methods that need it: it takes over a second to import, and dmh.training imports
-# this module in every process, including those that never open a run. MlflowClient.log_batch splits a batch into
-# requests within MLflow's per-request limits itself, so each logging method below makes one call.
+# this module in every process, including those that never open a run.
 
 # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_VALUE_LENGTH = 6000
 TRUNCATION_MARKER = "...[truncated]"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_DEADLINE_HINT = "raise $DMH_TRACKING_DEADLINE to wait longer"
 # Runs between start and end, for the exit hook below.
 _ACTIVE_RUNS: set[TrackedRun] = set()
+log = logging.getLogger(__name__)
 
 
 def _stringify(value: Any) -> str:
@@ -100,7 +112,9 @@ def _end_abandoned_runs() -> None:
     """
     for run in list(_ACTIVE_RUNS):
         with contextlib.suppress(Exception):
-            run._set_terminated("KILLED")
+            wait = min(KILLED_DEADLINE_S, run._writer.deadline)
+            if not run._end("KILLED", time.monotonic() + wait):
+                log.error("%s", run._unwritten_line("KILLED", wait))
 
 
 def _terminal_status(exc: BaseException | None) -> str:
@@ -121,6 +135,10 @@ class TrackedRun:
     :func:`run_tags`. With ``run_id`` the run is resumed: it goes back to RUNNING, keeps its id and metric history,
     and params that are already logged must keep their value (a changed value is a ``DmhError``: the resumed run
     would no longer describe one configuration).
+
+    An unreachable store does not stop training: logging calls return at once and their writes wait, in order,
+    until the store answers (module docstring). Starting the run and ending it wait for the store up to
+    ``deadline`` seconds (default ``$DMH_TRACKING_DEADLINE`` or 300); past it, ``TrackingUnavailableError``.
     """
 
     def __init__(
@@ -131,6 +149,7 @@ class TrackedRun:
         tags: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         tracking_uri: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         quiet_mlflow_env()
         self.experiment = experiment
@@ -141,6 +160,9 @@ class TrackedRun:
         self._resume_id = run_id
         self._run_id: str | None = None
         self._client: Any = None
+        self._writer = StoreWriter(self.tracking_uri, deadline_s() if deadline is None else deadline)
+        self._start_by = 0.0  # when starting the run stops waiting for the store (monotonic clock)
+        self._logged_params: dict[str, str] = {}  # what the store holds (or will): changed values are refused locally
         self._previous_handlers: dict[int, Any] = {}
         self._deferring = False
         self._pending_signal: int | None = None
@@ -159,17 +181,24 @@ class TrackedRun:
         # moment at which a signal could leave a run RUNNING.
         self._install_signal_handlers()
         self._deferring = True
+        self._start_by = time.monotonic() + self._writer.deadline
         try:
-            self._client = open_client(self.tracking_uri)
+            self._client = self._call(lambda: open_client(self.tracking_uri), "opening the store")
             if self._resume_id is None:
                 self._start_new_run()
             else:
                 self._resume_run(self._resume_id)
         except BaseException as exc:
-            if self._run_id is None:
-                self._restore_signal_handlers()
+            # A signal that arrived meanwhile (it may have cut short a wait for the store) wins over the error.
+            signum, self._pending_signal = self._pending_signal, None
+            stop = exc if signum is None else RunInterrupted(signum)
+            if self._run_id is not None:
+                self._finish(stop)
             else:
-                self._finish(exc)
+                self._restore_signal_handlers()
+                self._writer.close()
+            if stop is not exc:
+                raise stop from exc
             raise
         self._deferring = False
         if self._pending_signal is not None:
@@ -185,42 +214,79 @@ class TrackedRun:
         self._finish(exc)
 
     def _finish(self, exc: BaseException | None) -> None:
-        """Record the terminal status, restore signal handlers, then deliver a signal that arrived meanwhile."""
+        """Send waiting writes and the terminal status, restore signal handlers, then deliver a signal that arrived
+        meanwhile. A store still unreachable at the deadline is one ``TrackingUnavailableError`` line: raised if the run
+        itself succeeded, logged if it failed (its own exception is the one to see)."""
         self._deferring = True  # a signal now is remembered, not raised, so the status write cannot be cut off
+        status = _terminal_status(exc)
+        if isinstance(exc, TrackingUnavailableError):
+            wait = 0.0  # the store already had its deadline: one last attempt
+        elif status == "KILLED":
+            wait = min(KILLED_DEADLINE_S, self._writer.deadline)
+        else:
+            wait = self._writer.deadline
+        unwritten = None
         try:
-            self._set_terminated(_terminal_status(exc))
+            if not self._end(status, time.monotonic() + wait):
+                unwritten = TrackingUnavailableError(self._unwritten_line(status, wait))
         finally:
             _ACTIVE_RUNS.discard(self)
             self._restore_signal_handlers()
             self._deferring = False
+            self._writer.close()
         signum, self._pending_signal = self._pending_signal, None
+        if unwritten is not None and (exc is not None or signum is not None):
+            log.error("%s", unwritten)
         if signum is not None and not isinstance(exc, SystemExit):
             raise RunInterrupted(signum) from exc
+        if unwritten is not None and exc is None:
+            raise unwritten
 
-    def _set_terminated(self, status: str) -> None:
-        # SQLite can be briefly locked by a parallel trial; a run left RUNNING is worse than a short wait.
-        for attempt in range(5):
+    def _end(self, status: str, until: float) -> bool:
+        """Waiting writes, then the end status; whether the store took them all before ``until``."""
+        give_up = self._signalled
+        while True:
             try:
-                self._client.set_terminated(self.run_id, status=status)
-                return
-            except Exception:
-                if attempt == 4:
-                    raise
-                time.sleep(0.2 * 2**attempt)
+                if not self._writer.flush(until, give_up):
+                    return False
+                break
+            except Exception as exc:  # a waiting write the store refused (no outage): said, and the rest still sent
+                log.error("MLflow store %s refused a write to run %s: %s", self._writer.uri, self.run_id, exc)
+        try:
+            self._writer.call(lambda: self._client.set_terminated(self.run_id, status=status), until, give_up,
+                              f"ending run {self.run_id}")
+        except TrackingUnavailableError:
+            return False
+        return True
+
+    def _unwritten_line(self, status: str, wait: float) -> str:
+        *waiting, last = [*self._writer.unwritten(), f"the end status {status}"]
+        lost = f"{', '.join(waiting)} and {last}" if waiting else last
+        why = "a signal stopped the wait" if self._signalled() else f"gave up after {wait:.0f} s; {_DEADLINE_HINT}"
+        return f"{self._writer.outage()}: {lost} of run {self.run_id} could not be written ({why})"
+
+    def _signalled(self) -> bool:
+        return self._pending_signal is not None
+
+    def _call(self, request: Any, doing: str) -> Any:
+        """A request the run cannot go on without, retried while the store is unreachable, until the start
+        deadline."""
+        return self._writer.call(request, self._start_by, self._signalled, doing)
 
     def _start_new_run(self) -> None:
         experiment_id = self._experiment_id(create=True)
         tags = {**run_tags(), **self._tags}
-        run = self._client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        run = self._call(lambda: self._client.create_run(experiment_id, run_name=self.run_name, tags=tags),
+                         "creating the run")
         self._run_id = run.info.run_id
         _ACTIVE_RUNS.add(self)
-        self._log_params(self._params, already_logged={})
+        self._log_params(self._params)
 
     def _resume_run(self, run_id: str) -> None:
         from mlflow.exceptions import MlflowException
 
         try:
-            run = self._client.get_run(run_id)
+            run = self._call(lambda: self._client.get_run(run_id), f"reading run {run_id}")
         except MlflowException as exc:
             raise DmhError(f"cannot resume MLflow run {run_id!r}: no such run in {self.tracking_uri}") from exc
         if run.info.lifecycle_stage != "active":
@@ -234,24 +300,27 @@ class TrackedRun:
         _check_unchanged(run_id, run.data.params, self._params)
         self._run_id = run_id
         _ACTIVE_RUNS.add(self)
-        self._client.update_run(run_id, status="RUNNING")
+        self._call(lambda: self._client.update_run(run_id, status="RUNNING"), f"reopening run {run_id}")
         # Unlike params, tags may change on a resume (the host, the device), so they are overwritten.
         self._set_tags({**run_tags(), **self._tags})
-        self._log_params(self._params, already_logged=run.data.params)
+        self._logged_params = dict(run.data.params)
+        self._log_params(self._params)
 
     def _experiment_id(self, create: bool) -> str | None:
         from mlflow.exceptions import MlflowException
 
-        experiment = self._client.get_experiment_by_name(self.experiment)
+        def lookup() -> Any:
+            return self._call(lambda: self._client.get_experiment_by_name(self.experiment), "reading the experiment")
+
+        experiment = lookup()
         if experiment is None and create:
+            location = artifact_location(self.tracking_uri, self.experiment)
             try:
-                return self._client.create_experiment(
-                    self.experiment,
-                    artifact_location=artifact_location(self.tracking_uri, self.experiment),
-                )
+                return self._call(lambda: self._client.create_experiment(self.experiment, artifact_location=location),
+                                  "creating the experiment")
             except MlflowException:
                 # Another trial created it between our lookup and our create.
-                experiment = self._client.get_experiment_by_name(self.experiment)
+                experiment = lookup()
                 if experiment is None:
                     raise
         if experiment is None:
@@ -285,20 +354,21 @@ class TrackedRun:
     def log_params(self, params: Mapping[str, Any] | Any) -> None:
         """Add params during the run (fields resolved after start); a changed value is a ``DmhError``."""
         flat = flatten_params(params)
-        logged = self._client.get_run(self.run_id).data.params
-        _check_unchanged(self.run_id, logged, flat)
-        self._log_params(flat, already_logged=logged)
+        # Checked against what this run logged (and, on a resume, found), not re-read from a store that may be down.
+        _check_unchanged(self.run_id, self._logged_params, flat)
+        self._log_params(flat)
 
-    def _log_params(self, params: Mapping[str, str], already_logged: Mapping[str, str]) -> None:
+    def _log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
-        new = [Param(k, v) for k, v in params.items() if k not in already_logged]
-        self._client.log_batch(self.run_id, params=new)
+        new = [Param(k, v) for k, v in params.items() if k not in self._logged_params]
+        self._logged_params.update(params)
+        self._writer.log_batch(self._client, self.run_id, params=new)
 
     def _set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._writer.log_batch(self._client, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log several metrics at one step in one batched call."""
@@ -307,23 +377,23 @@ class TrackedRun:
     def _log_metric_points(self, points: Sequence[tuple[str, float, int]]) -> None:
         from mlflow.entities import Metric as MetricPoint  # not dmh.vocabulary.Metric, the metric key names
 
-        timestamp = int(time.time() * 1000)
+        timestamp = int(time.time() * 1000)  # now, not when a write that had to wait is finally sent
         metrics = [MetricPoint(key, value, timestamp, int(step)) for key, value, step in points]
-        self._client.log_batch(self.run_id, metrics=metrics)
+        self._writer.log_batch(self._client, self.run_id, metrics=metrics)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy a file (or a whole folder) into the run's artifacts, under ``artifact_path`` if given."""
         local = Path(path)
         if not local.exists():
             raise DmhError(f"cannot log artifact {local}: no such file or folder")
-        if local.is_dir():
-            self._client.log_artifacts(self.run_id, str(local), artifact_path)
-        else:
-            self._client.log_artifact(self.run_id, str(local), artifact_path)
+        self._writer.log_artifact(self._client, self.run_id, local, artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file`` (e.g. ``"config.yaml"``)."""
-        self._client.log_text(self.run_id, text, artifact_file)
+        folder, name = posixpath.split(artifact_file)
+        local = self._writer.scratch_file(name)
+        local.write_text(text, encoding="utf-8")
+        self._writer.log_artifact(self._client, self.run_id, local, folder or None, owned=True)
 
     def log_curve(self, returns_per_episode: Sequence[float] | np.ndarray, name: str = "in_context_curve") -> None:
         """The in-context learning curve: return by episode index, averaged over tasks.
@@ -344,6 +414,7 @@ class TrackedRun:
         mean = returns.mean(axis=0)  # [episodes]
         std = returns.std(axis=0)  # [episodes]
         self._log_metric_points([(Metric.EVAL_RETURN, float(v), episode) for episode, v in enumerate(mean)])
-        self._client.log_text(self.run_id, curve_csv(returns, mean, std), f"{name}.csv")
-        figure = curve_figure(mean, std, n_tasks=returns.shape[0], title=name)
-        self._client.log_figure(self.run_id, figure, f"{name}.png")
+        self.log_text(curve_csv(returns, mean, std), f"{name}.csv")
+        png = self._writer.scratch_file(f"{name}.png")
+        curve_figure(mean, std, n_tasks=returns.shape[0], title=name).savefig(png)
+        self._writer.log_artifact(self._client, self.run_id, png, None, owned=True)
