@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(message)s", stream=sys.stderr)
         return args.func(args) or 0
     except DmhError as exc:
+        if argv[:1] in (["-v"], ["--verbose"]):  # where it was raised, for whoever debugs the check itself
+            traceback.print_exc()
         print(f"dmh: error: {exc}", file=sys.stderr)
         return 2
 

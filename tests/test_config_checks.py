@@ -108,3 +108,12 @@ def test_resume_or_start_starts_a_new_run_and_says_so_then_resumes_it(workdir, c
     caplog.clear()
     assert main([*SMOKE, "--resume-or-start"]) == 0
     assert "resuming" in caplog.text and "nothing to resume" not in caplog.text
+
+
+def test_bad_input_shows_a_traceback_only_with_verbose(workdir, capsys):
+    bad = ["train", "--algo", "dmh", "--task", "darkroom", "--preset", "smoke", "--set", "seed=-1"]
+    assert main(bad) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["-v", *bad]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("seed must be an integer in [0, 2**32), got -1")
