@@ -29,7 +29,7 @@ Two tolerances exist for what the real D4RL v2 files hold:
 from __future__ import annotations
 
 from collections.abc import Container, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -37,9 +37,6 @@ import numpy as np
 from dmh.envs import spaces
 from dmh.envs.mujoco import D4RL_DATASETS, mujoco_env_name
 from dmh.errors import DmhError
-
-if TYPE_CHECKING:
-    from dmh.data.format import EpisodeDataset
 
 STEP_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")  # D4RL's names, shared by both layouts
 FLAG_KEYS = ("terminals", "timeouts")
@@ -180,9 +177,9 @@ def _check_observations(observations: np.ndarray, space: gym.spaces.Box, env_id:
                             "observations are integers", observations)
 
 
-def check_dataset(dataset: EpisodeDataset, source: str) -> None:
-    """Check a whole dataset: its metadata, its steps against its environment, and its episode bookkeeping."""
-    meta = dataset.metadata
+def check_dataset(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], source: str) -> None:
+    """Check a whole dataset in the project format (its arrays by key, as ``EpisodeDataset`` holds them, and its
+    metadata): the metadata, the steps against its environment, and the episode bookkeeping."""
     missing = [k for k in REQUIRED_METADATA if k not in meta]
     if missing:
         raise DmhError(f"{source}: metadata lacks {', '.join(missing)}")
@@ -191,37 +188,37 @@ def check_dataset(dataset: EpisodeDataset, source: str) -> None:
         raise DmhError(f"{source}: metadata 'env_id' must be an environment id, got {env_id!r}")
     if not isinstance(meta["discrete"], bool):
         raise DmhError(f"{source}: metadata 'discrete' must be true or false, got {meta['discrete']!r}")
-    check_steps({k: getattr(dataset, k) for k in STEP_KEYS}, env_id, source)
+    check_steps({k: arrays[k] for k in STEP_KEYS}, env_id, source)
     discrete = isinstance(spaces(env_id)[1], gym.spaces.Discrete)
     if meta["discrete"] != discrete:
         raise DmhError(f"{source}: metadata says discrete={meta['discrete']}, but {_label(env_id)}'s actions are "
                        f"{'discrete' if discrete else 'continuous'}")
-    _check_episodes(dataset, source)
+    _check_episodes(arrays, source)
 
 
-def _check_episodes(dataset: EpisodeDataset, source: str) -> None:
-    ends = dataset.terminals | dataset.timeouts
+def _check_episodes(arrays: Mapping[str, np.ndarray], source: str) -> None:
+    ends = arrays["terminals"] | arrays["timeouts"]
     if not ends[-1]:
         raise DmhError(f"{source}: the last episode has no terminal or timeout flag (truncated data?)")
     episodes = int(ends.sum())
     for key in EPISODE_KEYS:
-        arr = np.asarray(getattr(dataset, key))
+        arr = np.asarray(arrays[key])
         if arr.dtype.kind not in "iu":
             raise DmhError(f"{source}: '{key}' has dtype {arr.dtype}; it must hold integer indices")
         if arr.ndim != 1 or arr.shape[0] != episodes:
             raise DmhError(f"{source}: '{key}' has {arr.shape[0] if arr.ndim else 0} entries but the data has "
                            f"{episodes} episodes (terminals | timeouts)")
-    tasks = np.asarray(dataset.tasks)
+    tasks = np.asarray(arrays["tasks"])
     if tasks.dtype.kind not in "iuf" or tasks.ndim != 2:
         raise DmhError(f"{source}: 'tasks' must be a 2-d array of numbers [tasks, task_dim], got {tasks.dtype} of "
                        f"shape {tasks.shape}")
     if tasks.dtype.kind == "f" and not np.isfinite(tasks).all():
         first = int(np.flatnonzero(~np.isfinite(tasks).all(axis=1))[0])
         raise DmhError(f"{source}: 'tasks' contains NaN or inf (first at task {first})")
-    outside = (dataset.episode_task < 0) | (dataset.episode_task >= tasks.shape[0])
+    outside = (arrays["episode_task"] < 0) | (arrays["episode_task"] >= tasks.shape[0])
     if outside.any():
         raise _bad_rows(source, "episode_task", outside, f"indexing beyond the {tasks.shape[0]} tasks",
-                        dataset.episode_task, unit="episode")
-    if (dataset.episode_history < 0).any():
-        raise _bad_rows(source, "episode_history", dataset.episode_history < 0, "that are negative",
-                        dataset.episode_history, unit="episode")
+                        arrays["episode_task"], unit="episode")
+    if (arrays["episode_history"] < 0).any():
+        raise _bad_rows(source, "episode_history", arrays["episode_history"] < 0, "that are negative",
+                        arrays["episode_history"], unit="episode")

@@ -102,7 +102,7 @@ class EpisodeDataset:
     # ------------------------------------------------------------------------------------------------- validation
     def validate(self, source: str = "dataset") -> None:
         """Raise ``DmhError`` naming the first problem against the dataset's environment (``dmh.data.checks``)."""
-        check_dataset(self, source)
+        check_dataset({k: getattr(self, k) for k in REQUIRED_KEYS}, self.metadata, source)
 
     # ------------------------------------------------------------------------------------------------ selections
     def select_episodes(self, episode_mask: np.ndarray) -> EpisodeDataset:
