@@ -1,0 +1,69 @@
+"""`python -m benchmarks`: run the suite (or one part), print one table per part, write results.csv and results.json.
+
+    python -m benchmarks                      # the full table (about 20 minutes on one thread, see docs/benchmarks.md)
+    python -m benchmarks --quick              # small contexts, few repetitions: a couple of minutes
+    python -m benchmarks --only online        # one part: online | offline | scan | data
+    python -m benchmarks --out DIR            # where the results go (default /tmp/dmh-benchmarks)
+
+Run it on an otherwise idle machine: other processes on the same cores inflate every number, and the ratios less
+than the absolute times only if both sides suffer alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from benchmarks import data, offline, online, scan
+from benchmarks.common import Row, machine_info, write_results
+
+PARTS: dict[str, ModuleType] = {"online": online, "offline": offline, "scan": scan, "data": data}
+DEFAULT_OUT = Path("/tmp/dmh-benchmarks")  # outside the checkout: results are not part of the repository
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small contexts and few repetitions (what the test runs)")
+    parser.add_argument("--only", choices=list(PARTS), help="run one part")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--synthetic-only", action="store_true",
+                        help="offline: skip the cpu preset's Trainer updates (they need the Darkroom learning "
+                             "histories, 1-2 minutes to generate the first time)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    header = {**machine_info(args.threads), "mode": "quick" if args.quick else "full", "command": command}
+    print("  ".join(f"{k}: {v}" for k, v in header.items()), flush=True)
+    rows: list[Row] = []
+    start = time.perf_counter()
+    for name in [args.only] if args.only else PARTS:
+        part = PARTS[name]
+        settings = part.QUICK if args.quick else part.FULL
+        if name == "offline" and args.synthetic_only:
+            settings = replace(settings, preset=False)
+        part_start = time.perf_counter()
+        part_rows = part.run(settings, args.threads)
+        header[f"{name}_seconds"] = round(time.perf_counter() - part_start, 1)
+        print(f"\n{part.table(part_rows, settings)}({name}: {header[f'{name}_seconds']:.0f} s)", flush=True)
+        rows += part_rows
+        write_results(args.out, header, rows)  # after every part: an interrupted full run keeps what it measured
+    header["total_seconds"] = round(time.perf_counter() - start, 1)
+    csv_path, json_path = write_results(args.out, header, rows)
+    print(f"\n{len(rows)} rows in {header['total_seconds']:.0f} s -> {csv_path}, {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

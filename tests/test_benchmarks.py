@@ -1,0 +1,53 @@
+"""The benchmark runner end to end in its quick mode: it runs, and writes every measurement with the columns the docs
+promise. No timing is asserted (timings depend on the machine; benchmarks/ reports them, tests do not judge them)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+COLUMNS = ("part", "model", "context", "batch", "metric", "value", "unit", "repetitions", "note")  # docs/benchmarks.md
+
+
+def run_benchmarks(out: Path, *args: str) -> tuple[dict, list[dict[str, str]]]:
+    """`python -m benchmarks --quick --out OUT ARGS` -> (results.json, the rows of results.csv)."""
+    subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), *args], cwd=REPO, check=True,
+                   capture_output=True, text=True, timeout=300)
+    results = json.loads((out / "results.json").read_text())
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return results, rows
+
+
+def check_results(results: dict, rows: list[dict[str, str]], part: str) -> None:
+    assert tuple(rows[0]) == COLUMNS
+    assert len(rows) == len(results["rows"])
+    assert {"cpu", "cores", "torch", "torch_threads", "dmh_commit", "date"} <= set(results["header"])
+    assert {r["part"] for r in rows} == {part}
+    assert all(float(r["value"]) > 0 and int(r["repetitions"]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_quick_online_writes_every_step_cost_and_ratio(tmp_path: Path) -> None:
+    results, rows = run_benchmarks(tmp_path, "--only", "online")
+    check_results(results, rows, "online")
+    models = {r["model"] for r in rows if r["metric"] == "step_ms"}
+    assert models == {"DM-H", "AD (Mamba)", "AD (Transformer, KV cache)", "AD (Transformer, re-encoding)", "DT", "DM"}
+    assert {r["model"] for r in rows if r["metric"] == "step_ms_ratio"} == {
+        "DM-H / AD (Mamba)", "AD (Transformer, re-encoding) / DM-H", "AD (Transformer, KV cache) / DM-H"}
+    assert {r["model"] for r in rows if r["metric"] == "episodes_min"} >= {"DM-H", "AD (Transformer, re-encoding)"}
+
+
+@pytest.mark.slow
+def test_quick_offline_on_synthetic_batches_writes_update_times_and_ratios(tmp_path: Path) -> None:
+    results, rows = run_benchmarks(tmp_path, "--only", "offline", "--synthetic-only")
+    check_results(results, rows, "offline")
+    assert {r["model"] for r in rows if r["metric"] == "update_s"} == {"DM-H", "AD (Transformer)", "AD (Mamba)"}
+    assert {r["model"] for r in rows if r["metric"] == "update_s_ratio"} == {
+        "DM-H / AD (Transformer)", "AD (Mamba) / AD (Transformer)", "DM-H / AD (Mamba)"}
