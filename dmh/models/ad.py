@@ -1,10 +1,14 @@
 """Algorithm Distillation (Laskin et al. 2023) over the across-episodic context, with a transformer or Mamba backbone.
 
-One token per step: a linear map of (state s_t, previous action a_{t-1}, previous reward r_{t-1}, episode-start flag)
-plus the within-episode timestep embedding. The previous action and reward cross episode boundaries on purpose: the
-last reward of an episode is evidence about the task. At the first step of a context there is no previous step
-("none" action, reward 0). One token per step instead of AD's three keeps the same information at a third of the
-sequence length, which is what makes the 4000-step contexts affordable on a CPU.
+Two token layouts (`ADConfig.tokens`; the paper does not say which its AD uses, docs/reproduction.md):
+
+- "step" (default): one token per step, a linear map of (state s_t, previous action a_{t-1}, previous reward r_{t-1},
+  episode-start flag) plus the within-episode timestep embedding. The previous action and reward cross episode
+  boundaries on purpose: the last reward of an episode is evidence about the task. At the first step of a context
+  there is no previous step ("none" action, reward 0). The same information as AD's three tokens at a third of the
+  sequence length, which is what makes the 4000-step contexts affordable on a CPU.
+- "separate": AD's original three tokens per step, s_t, a_t, r_t (each plus the timestep embedding); a_t is read at
+  the s_t token, which sees every earlier step's (s, a, r).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmh.models.layers import ActionHead, ContextShape, ModelConfig, TimestepEmbedding, shift_right
+from dmh.models.layers import ActionEmbedding, ActionHead, ContextShape, ModelConfig, TimestepEmbedding, shift_right
 from dmh.models.losses import action_loss, loss_mask
 from dmh.models.policy import Policy
 
@@ -27,6 +31,7 @@ class ADConfig(ModelConfig):
 
     backbone: Literal["transformer", "mamba"] = "transformer"  # AD (Transformer) vs AD (Mamba), paper §2.1
     context_len: int = 4000  # steps in a training window and in the transformer's online window (n * episode length)
+    tokens: Literal["step", "separate"] = "step"  # one token per step, or AD's (s_t, a_t, r_t) as three tokens
 
     @classmethod
     def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
@@ -40,6 +45,10 @@ class ADMambaConfig(ADConfig):
     backbone: Literal["transformer", "mamba"] = "mamba"
 
 
+# The token order of one step in the "separate" layout: a_t is read at the s_t token.
+SEPARATE_TOKENS = ("state", "action", "reward")
+
+
 class AlgorithmDistillation(nn.Module):
     """AD: `forward(batch) -> [B, L, act_dim]`, `loss(batch)`, `policy(batch_size)`."""
 
@@ -47,13 +56,19 @@ class AlgorithmDistillation(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        act_feat = cfg.act_dim + 1 if cfg.discrete else cfg.act_dim  # one-hot with a "none" slot / the vector
-        self.embed_step = nn.Linear(cfg.obs_dim + act_feat + 2, d)  # (s_t, a_{t-1}, r_{t-1}, episode_start_t)
+        self.unit = len(SEPARATE_TOKENS) if cfg.tokens == "separate" else 1  # tokens per step
+        if cfg.tokens == "separate":
+            self.embed_state = nn.Linear(cfg.obs_dim, d)
+            self.embed_action = ActionEmbedding(cfg.act_dim, cfg.discrete, d)
+            self.embed_reward = nn.Linear(1, d)
+        else:
+            act_feat = cfg.act_dim + 1 if cfg.discrete else cfg.act_dim  # one-hot with a "none" slot / the vector
+            self.embed_step = nn.Linear(cfg.obs_dim + act_feat + 2, d)  # (s_t, a_{t-1}, r_{t-1}, episode_start_t)
         self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
         self.embed_ln = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.backbone == "transformer":
-            self.backbone = cfg.gpt(cfg.context_len, position_embedding=True)
+            self.backbone = cfg.gpt(self.unit * cfg.context_len, position_embedding=True)
         else:
             self.backbone = cfg.mamba()
         self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
@@ -74,8 +89,22 @@ class AlgorithmDistillation(nn.Module):
                            episode_start.float().unsqueeze(-1)], dim=-1)
         return self.drop(self.embed_ln(self.embed_step(feats) + self.embed_timestep(t)))
 
+    def separate_tokens(self, t: torch.Tensor, obs: torch.Tensor | None = None, action: torch.Tensor | None = None,
+                        reward: torch.Tensor | None = None) -> torch.Tensor:
+        """The "separate" layout's tokens of the given parts of a step, in `SEPARATE_TOKENS` order: t [...] and obs
+        [..., obs_dim], action [...(, act_dim)], reward [...] -> [..., n, d] (n = how many parts were given)."""
+        time = self.embed_timestep(t)
+        parts = [] if obs is None else [self.embed_state(obs)]
+        if action is not None:
+            parts += [self.embed_action(action), self.embed_reward(reward.unsqueeze(-1))]
+        return self.drop(self.embed_ln(torch.stack([p + time for p in parts], dim=-2)))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-step action predictions [B, L, act_dim] over an across-episodic context."""
+        if self.cfg.tokens == "separate":
+            x = self.separate_tokens(batch["timesteps"], batch["obs"], batch["actions"], batch["rewards"])
+            h = self.backbone(x.flatten(1, 2)).unflatten(1, (x.shape[1], self.unit))  # [B, L, 3, d]
+            return self.head(h[:, :, SEPARATE_TOKENS.index("state")])
         none = -1 if self.cfg.discrete else 0.0
         x = self.embed(batch["obs"], shift_right(batch["actions"], none), shift_right(batch["rewards"], 0.0),
                        batch["episode_start"], batch["timesteps"])  # [B, L, d]
@@ -103,7 +132,8 @@ class ADPolicy(Policy):
     def reset(self) -> None:
         self._prepare()
         cfg, b = self.model.cfg, self.batch_size
-        self.state = self.model.backbone.init_state(b, self.device)
+        self.state = self.model.backbone.init_state(b, self.device, unit=self.model.unit)
+        self.timestep = torch.zeros(b, dtype=torch.long, device=self.device)
         self.prev_action = (torch.full((b,), -1, dtype=torch.long, device=self.device) if cfg.discrete
                             else torch.zeros(b, cfg.act_dim, device=self.device))
         self.prev_reward = torch.zeros(b, device=self.device)
@@ -112,6 +142,10 @@ class ADPolicy(Policy):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         obs, timestep = self._as(obs, torch.float32), self._as(timestep, torch.long)
+        if self.model.cfg.tokens == "separate":
+            self.timestep = timestep  # the step's (a, r) tokens carry it too
+            h = self.model.backbone.step(self.model.separate_tokens(timestep, obs), self.state)  # [B, 1, d]
+            return self.model.head(h[:, 0])
         x = self.model.embed(obs[:, None], self.prev_action[:, None], self.prev_reward[:, None],
                              self.episode_start[:, None], timestep[:, None])  # [B, 1, d]
         return self.model.head(self.model.backbone.step(x, self.state)[:, 0])
@@ -120,4 +154,7 @@ class ADPolicy(Policy):
     def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
         self.prev_action = self._action(action)
         self.prev_reward = self._as(reward, torch.float32)
+        if self.model.cfg.tokens == "separate":
+            self.model.backbone.step(self.model.separate_tokens(self.timestep, None, self.prev_action,
+                                                                self.prev_reward), self.state)
         self.episode_start = self._as(done, torch.bool)

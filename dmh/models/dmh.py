@@ -160,21 +160,30 @@ class DecisionMambaHybrid(nn.Module):
             tokens += [self.embed_action(action) + time, self.embed_reward(reward.unsqueeze(-1)) + time]
         return self.drop(self.embed_ln(torch.stack(tokens, dim=-2)))
 
-    def local_actions(self, batch: dict[str, torch.Tensor], layout: BlockLayout, z: torch.Tensor,
-                      blocks: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the local GPT on every block's (z, s, a, r) x c sequence, z [B, NB, z_dim] -> predictions [B, L, act].
+    def local_actions(self, batch: dict[str, torch.Tensor], layout: BlockLayout, *zs: torch.Tensor,
+                      blocks: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Run the local GPT on every block's (z, s, a, r) x c sequence, once per sub-goal tensor z [B, NB, z_dim]
+        (the z branch, and the f(s_g) branch in training) -> one prediction [B, L, act_dim] per z.
 
-        ``blocks`` [B, NB] bool restricts decoding to those blocks (other steps predict 0)."""
+        ``blocks`` [B, NB] bool restricts decoding to those blocks (other steps predict 0). Only the decoded blocks'
+        steps are embedded, and all branches' local sequences go through the GPT in one call."""
         blocks = layout.block_valid if blocks is None else blocks
-        c = self.cfg.c
-        x = self.local_tokens(
-            z[:, :, None].expand(*layout.index.shape, self.z_dim), layout.gather(batch["obs"]),
-            layout.gather(batch["actions"]), layout.gather(batch["rewards"]), layout.gather(batch["timesteps"]),
-        )  # [B, NB, c, 4, d]
-        seqs = x[blocks].flatten(1, 2)  # [N_blocks, 4c, d], one local sequence per decoded block
-        h = self._run_gpt(seqs).unflatten(1, (c, len(LOCAL_TOKENS)))[:, :, LOCAL_STATE]  # [N_blocks, c, d]
-        per_slot = h.new_zeros(*layout.index.shape, h.shape[-1]).index_put((blocks,), h)
-        return self.head(layout.scatter(per_slot, batch["obs"].shape[1]))
+        c, k = self.cfg.c, len(LOCAL_TOKENS)
+        rows, cols = blocks.nonzero(as_tuple=True)  # the decoded blocks, N of them, in [B, NB] order
+        index = layout.index[rows, cols]  # [N, c] step of each slot
+        steps = rows[:, None].expand_as(index)
+
+        def pick(x: torch.Tensor) -> torch.Tensor:  # per-step x [B, L, ...] -> [N, c, ...]
+            return x[steps, index]
+
+        inputs = [pick(batch[key]) for key in ("obs", "actions", "rewards", "timesteps")]
+        seqs = torch.cat([self.local_tokens(z[rows, cols][:, None].expand(-1, c, -1), *inputs)
+                          for z in zs]).flatten(1, 2)  # [len(zs) * N, 4c, d]
+        h = self._run_gpt(seqs).unflatten(1, (c, k))[:, :, LOCAL_STATE]  # [len(zs) * N, c, d]
+        valid = layout.valid[rows, cols]  # [N, c]
+        where = (steps[valid], index[valid])
+        shape = (batch["obs"].shape[0], batch["obs"].shape[1], h.shape[-1])
+        return [self.head(h.new_zeros(shape).index_put(where, part[valid])) for part in h.split(rows.shape[0])]
 
     def _run_gpt(self, seqs: torch.Tensor) -> torch.Tensor:
         """Blocks are independent sequences: in training, checkpoint them in chunks so activation memory stays
@@ -190,7 +199,7 @@ class DecisionMambaHybrid(nn.Module):
         layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.c)
         mean, logvar = self.subgoals(batch, layout)
         mode = z_mode or (self.cfg.z_train if self.training else self.cfg.z_eval)
-        return self.local_actions(batch, layout, self.draw_z(mean, logvar, mode))
+        return self.local_actions(batch, layout, self.draw_z(mean, logvar, mode))[0]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Action loss of the z branch, plus `subgoal_loss_weight` x the f(s_g) branch's (same actions, same steps)."""
@@ -201,20 +210,20 @@ class DecisionMambaHybrid(nn.Module):
         blocks = self.sampled_blocks(layout) if self.training and self.cfg.train_blocks else None
         if blocks is not None:
             mask = mask & blocks.gather(1, layout.step_block.clamp(min=0)) & (layout.step_block >= 0)
-        loss_z = action_loss(self.local_actions(batch, layout, self.draw_z(mean, logvar, mode), blocks),
-                             batch["actions"], mask, self.cfg.discrete)
-        logs = {"loss_z": loss_z.item()}
-        loss = loss_z
+        zs = [self.draw_z(mean, logvar, mode)]
         if self.cfg.valuable_subgoals:
             goal = valuable_subgoal_index(
                 batch["rewards"], batch["episode_start"], batch["mask"], layout.start, self.cfg.subgoal_rule,
                 block_last=layout.last, block_valid=layout.block_valid,
             )
             z_goal = self.subgoal_proj(batch["obs"].gather(1, goal[..., None].expand(*goal.shape, self.cfg.obs_dim)))
-            if self.cfg.freeze_subgoal_proj:
-                z_goal = z_goal.detach()
-            loss_goal = action_loss(self.local_actions(batch, layout, z_goal, blocks), batch["actions"], mask,
-                                    self.cfg.discrete)
+            zs.append(z_goal.detach() if self.cfg.freeze_subgoal_proj else z_goal)
+        predictions = self.local_actions(batch, layout, *zs, blocks=blocks)
+        loss_z = action_loss(predictions[0], batch["actions"], mask, self.cfg.discrete)
+        logs = {"loss_z": loss_z.item()}
+        loss = loss_z
+        if self.cfg.valuable_subgoals:
+            loss_goal = action_loss(predictions[1], batch["actions"], mask, self.cfg.discrete)
             loss = loss_z + self.cfg.subgoal_loss_weight * loss_goal
             logs["loss_goal"] = loss_goal.item()
         logs["loss"] = loss.item()

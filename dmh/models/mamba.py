@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -66,25 +66,81 @@ def selective_scan_reference(
     return y, h
 
 
-def _scan_chunk(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, h0: torch.Tensor
+def _chunk_states(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, h: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hillis-Steele parallel scan over one chunk of T tokens; materialises [B, T, d_inner, d_state] tensors.
+    """One chunk, time-major: u, delta [T, B, d_inner], B [T, B, d_state], h [B, d_inner, d_state] the state before
+    it -> (decays a, states H), both [T, B, d_inner, d_state], H[t] = a[t] * H[t-1] + delta[t] * B[t] * u[t].
 
-    The combine (a1, b1) then (a2, b2) = (a1 * a2, a2 * b1 + b2) only multiplies decays in (0, 1], so unlike a
-    cumulative-sum-of-logs formulation it cannot overflow however long the chunk is.
-    """
-    a = torch.exp(delta.unsqueeze(-1) * A)  # [B, T, d_inner, d_state]
-    b = delta.unsqueeze(-1) * B.unsqueeze(2) * u.unsqueeze(-1)  # [B, T, d_inner, d_state]
-    b = torch.cat([b[:, :1] + a[:, :1] * h0.unsqueeze(1), b[:, 1:]], dim=1)  # fold the carried state into token 0
-    length = u.shape[1]
-    offset = 1
-    while offset < length:
-        b = torch.cat([b[:, :offset], a[:, offset:] * b[:, :-offset] + b[:, offset:]], dim=1)
-        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
-        offset *= 2
-    y = (b * C.unsqueeze(2)).sum(-1)  # [B, T, d_inner]
-    return y, b[:, -1]
+    The decays are computed vectorised over the chunk; the recurrence is one in-place multiply-add per token on
+    [B, d_inner, d_state] (no autograd graph, no per-token allocation)."""
+    a = torch.mul(delta.unsqueeze(-1), A).exp_()  # [T, B, d_inner, d_state]
+    states = (delta * u).unsqueeze(-1) * B.unsqueeze(2)  # the inputs delta * B * u; becomes H in place
+    states[0].addcmul_(a[0], h)
+    for t in range(1, states.shape[0]):
+        states[t].addcmul_(a[t], states[t - 1])
+    return a, states
+
+
+def _read_out(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """y[t, b, i] = <H[t, b, i, :], C[t, b, :]>: [T, B, d_inner, d_state] x [T, B, d_state] -> [T, B, d_inner]."""
+    return (states.flatten(0, 1) @ C.flatten(0, 1).unsqueeze(-1)).view(states.shape[:3])
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """The chunked scan with a hand-written backward. Forward keeps only the state at each chunk start; backward
+    walks the chunks in reverse, recomputes each chunk's states from its start (or takes them from the forward when
+    `keep_states`), runs the adjoint recurrence dH[t] = dy[t] C[t] + a[t+1] dH[t+1], and reads every gradient off
+    dH with vectorised products. Live memory is O(B * chunk * d_inner * d_state) either way but for `keep_states`."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, chunk_size: int, keep_states: bool):  # time-major [L, B, ...] inputs
+        starts, ys, kept = [], [], []
+        h = h0
+        for s in range(0, u.shape[0], chunk_size):
+            sl = slice(s, s + chunk_size)
+            starts.append(h)
+            _, states = _chunk_states(u[sl], delta[sl], A, B[sl], h)
+            ys.append(_read_out(states, C[sl]))
+            h = states[-1].clone()
+            if keep_states:
+                kept.append(states)
+        ctx.chunk_size = chunk_size
+        ctx.kept = kept
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
+        return torch.cat(ys), h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_last):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        size = ctx.chunk_size
+        du, ddelta, dB, dC = (torch.empty_like(x) for x in (u, delta, B, C))
+        dA = torch.zeros_like(A)
+        carry = torch.zeros_like(starts[0]) if dh_last is None else dh_last.clone()  # dL/dh at the chunk's end
+        for k in reversed(range(starts.shape[0])):
+            sl = slice(k * size, (k + 1) * size)
+            u_k, delta_k, B_k, C_k, g = u[sl], delta[sl], B[sl], C[sl], dy[sl]
+            a, states = _chunk_states(u_k, delta_k, A, B_k, starts[k]) if not ctx.kept else (
+                torch.mul(delta_k.unsqueeze(-1), A).exp_(), ctx.kept[k])
+            dC[sl] = (g.flatten(0, 1).unsqueeze(1) @ states.flatten(0, 1)).view(C_k.shape)
+            dH = g.unsqueeze(-1) * C_k.unsqueeze(2)  # [T, B, d_inner, d_state], the direct terms
+            dH[-1] += carry
+            for t in range(dH.shape[0] - 2, -1, -1):
+                dH[t].addcmul_(a[t + 1], dH[t + 1])
+            carry = a[0] * dH[0]
+            # decays: H[t] depends on a[t] through a[t] * H[t-1], and a = exp(delta * A)
+            x = dH * a  # times the previous state: dL/d(delta * A)
+            x[1:] *= states[:-1]
+            x[0] *= starts[k]
+            ddelta_k = (x * A).sum(-1)
+            dA += torch.einsum("tbin,tbi->in", x, delta_k)
+            # inputs: H[t] depends on delta[t] * B[t] * u[t]
+            s_b = (dH.flatten(0, 1) @ B_k.flatten(0, 1).unsqueeze(-1)).view(u_k.shape)  # sum_n dH * B
+            du[sl] = s_b * delta_k
+            ddelta[sl] = ddelta_k + s_b * u_k
+            dB[sl] = ((delta_k * u_k).flatten(0, 1).unsqueeze(1) @ dH.flatten(0, 1)).view(B_k.shape)
+        return du, ddelta, dA, dB, dC, carry, None, None
 
 
 def selective_scan(
@@ -98,24 +154,20 @@ def selective_scan(
     chunk_size: int = 64,
     checkpoint_chunks: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked parallel selective scan. Returns (y [B, L, d_inner], final state [B, d_inner, d_state]).
+    """Chunked selective scan. Returns (y [B, L, d_inner], final state [B, d_inner, d_state]).
 
-    Sequences are cut into chunks of `chunk_size` tokens; within a chunk a parallel scan runs, and the state is carried
-    between chunks. With `checkpoint_chunks` (and grad enabled) each chunk is recomputed in the backward pass, so the
-    [chunk, d_inner, d_state] intermediates of only one chunk are alive at a time: this is what keeps a 20,000-step
-    DM-H context inside a few GiB on CPU.
+    The sequence is cut into chunks of `chunk_size` tokens; per chunk the decays and inputs are computed vectorised
+    and the state is carried token by token with one fused multiply-add each. With `checkpoint_chunks` the backward
+    recomputes each chunk's states from the state saved at its start, so only one chunk's [chunk, B, d_inner,
+    d_state] intermediates are alive at a time: this is what keeps a 20,000-step DM-H context inside a few GiB on
+    CPU. Without it the forward keeps every state (memory O(L * d_inner * d_state), no recomputation).
     """
-    batch, length, d_inner = u.shape
+    batch, _, d_inner = u.shape
     h = u.new_zeros(batch, d_inner, A.shape[1]) if h0 is None else h0
-    use_ckpt = checkpoint_chunks and torch.is_grad_enabled() and length > chunk_size
-    ys = []
-    for start in range(0, length, chunk_size):
-        sl = slice(start, start + chunk_size)
-        args = (u[:, sl], delta[:, sl], A, B[:, sl], C[:, sl], h)
-        y, h = checkpoint(_scan_chunk, *args, use_reentrant=False) if use_ckpt else _scan_chunk(*args)
-        ys.append(y)
-    y = torch.cat(ys, dim=1) + u * D
-    return y, h
+    keep = not checkpoint_chunks and torch.is_grad_enabled()
+    y, h = _SelectiveScan.apply(*(x.transpose(0, 1).contiguous() for x in (u, delta)), A,
+                                *(x.transpose(0, 1).contiguous() for x in (B, C)), h, chunk_size, keep)
+    return y.transpose(0, 1) + u * D, h
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -295,7 +347,8 @@ class MambaBackbone(nn.Module):
             x = layer(x)
         return self.norm_f(x)
 
-    def init_state(self, batch_size: int, device: torch.device | None = None) -> list[MambaState]:
+    def init_state(self, batch_size: int, device: torch.device | None = None, unit: int = 1) -> list[MambaState]:
+        """Zero state of every layer; `unit` (tokens per environment step) only matters to a windowed GPT."""
         return [layer.mixer.init_state(batch_size, device) for layer in self.layers]
 
     def step_token(

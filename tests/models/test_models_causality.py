@@ -10,10 +10,12 @@ from dmh.models import build_model
 
 
 @pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
-@pytest.mark.parametrize("algo", ALGOS)
-def test_changing_the_future_never_changes_earlier_outputs(algo: str, discrete: bool) -> None:
+@pytest.mark.parametrize(("algo", "overrides"), [(a, {}) for a in ALGOS]
+                         + [(a, {"tokens": "separate"}) for a in ("ad-transformer", "ad-mamba")],
+                         ids=ALGOS + ["ad-transformer-separate", "ad-mamba-separate"])
+def test_changing_the_future_never_changes_earlier_outputs(algo: str, overrides: dict, discrete: bool) -> None:
     torch.manual_seed(0)
-    cfg = tiny_config(algo, discrete)
+    cfg = tiny_config(algo, discrete, **overrides)
     model = build_model(algo, cfg).eval()
     episodes = [[16], [16]] if algo in SINGLE_EPISODE else [[5, 7, 4], [6, 10]]
     batch = make_batch(episodes, cfg.obs_dim, cfg.act_dim, discrete)

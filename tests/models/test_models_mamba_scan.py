@@ -58,14 +58,21 @@ def test_scan_stays_finite_over_long_chunks_with_strong_decay() -> None:
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
 
 
-def test_checkpointed_scan_has_the_reference_gradients() -> None:
+@pytest.mark.parametrize("checkpointed", [True, False], ids=["recomputed_states", "kept_states"])
+def test_scan_backward_has_the_reference_gradients(checkpointed: bool) -> None:
+    """The hand-written backward, for every input including the initial state and through the final state."""
     inputs = [x.requires_grad_() for x in _scan_inputs(2, 37)]
-    y, h = selective_scan(*inputs, chunk_size=8, checkpoint_chunks=True)
+    y, h = selective_scan(*inputs, chunk_size=8, checkpoint_chunks=checkpointed)
     grads = torch.autograd.grad((y.sin().sum() + h.sum()), inputs)
     y_ref, h_ref = selective_scan_reference(*inputs)
     grads_ref = torch.autograd.grad((y_ref.sin().sum() + h_ref.sum()), inputs)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_scan_backward_passes_gradcheck_in_double_precision() -> None:
+    inputs = [x.double().requires_grad_() for x in _scan_inputs(1, 11, d_inner=3, d_state=2)]
+    assert torch.autograd.gradcheck(lambda *x: selective_scan(*x, chunk_size=4), inputs)
 
 
 def test_recurrent_step_reproduces_the_parallel_forward() -> None:

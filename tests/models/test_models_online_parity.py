@@ -33,6 +33,19 @@ def test_policy_steps_reproduce_forward_on_the_same_trajectory(algo: str, discre
     torch.testing.assert_close(stepped[mask], full[mask], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
+@pytest.mark.parametrize("algo", ["ad-transformer", "ad-mamba"])
+def test_ad_with_separate_tokens_steps_reproduce_forward(algo: str, discrete: bool) -> None:
+    """AD's (s, a, r) token layout: the state token online, then the step's action and reward tokens."""
+    torch.manual_seed(6)
+    cfg = tiny_config(algo, discrete, tokens="separate")
+    model = build_model(algo, cfg).eval()
+    batch = make_batch(ACROSS_EPISODES, cfg.obs_dim, cfg.act_dim, discrete)
+    with torch.no_grad():
+        full = model(batch)
+    torch.testing.assert_close(policy_outputs(model, batch)[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
+
+
 def test_dmh_policy_reproduces_forward_without_rtg_token_and_with_odd_block_size() -> None:
     torch.manual_seed(1)
     cfg = tiny_config("dmh", rtg_token=False, c=4)
@@ -91,6 +104,19 @@ def test_transformer_window_slides_by_whole_steps_like_a_fresh_training_window()
                         batch["timesteps"][:, t - 5 : t + 1])
         with torch.no_grad():
             expected = model.head(model.backbone(x))[:, -1]
+        torch.testing.assert_close(stepped[:, t], expected, atol=2e-5, rtol=1e-4)
+
+
+def test_separate_token_window_slides_by_whole_steps_like_a_fresh_training_window() -> None:
+    """With three tokens per step the window still holds the last `context_len` whole steps."""
+    torch.manual_seed(4)
+    cfg = tiny_config("ad-transformer", context_len=6, tokens="separate")
+    model = build_model("ad-transformer", cfg).eval()
+    batch = make_batch([[4, 5, 4]], cfg.obs_dim, cfg.act_dim)
+    stepped = policy_outputs(model, batch)
+    for t in [6, 9, 12]:  # windows [t-5, t]; the last step's (a, r) tokens come after the read-out, unseen
+        with torch.no_grad():
+            expected = model({k: v[:, t - 5 : t + 1] for k, v in batch.items()})[:, -1]
         torch.testing.assert_close(stepped[:, t], expected, atol=2e-5, rtol=1e-4)
 
 
