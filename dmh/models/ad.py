@@ -32,6 +32,9 @@ class ADConfig(ModelConfig):
     backbone: Literal["transformer", "mamba"] = "transformer"  # AD (Transformer) vs AD (Mamba), paper §2.1
     context_len: int = 4000  # steps in a training window and in the transformer's online window (n * episode length)
     tokens: Literal["step", "separate"] = "step"  # one token per step, or AD's (s_t, a_t, r_t) as three tokens
+    window_hop: int = 1  # transformer online: steps a full window drops at once. 1 = always the last context_len
+    # steps (re-encoded at every step once full); h > 1 re-encodes once per h steps, attending to the last
+    # context_len - h + 1 .. context_len steps
 
     @classmethod
     def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
@@ -132,7 +135,8 @@ class ADPolicy(Policy):
     def reset(self) -> None:
         self._prepare()
         cfg, b = self.model.cfg, self.batch_size
-        self.state = self.model.backbone.init_state(b, self.device, unit=self.model.unit)
+        hop = {"hop": cfg.window_hop} if cfg.backbone == "transformer" else {}
+        self.state = self.model.backbone.init_state(b, self.device, unit=self.model.unit, **hop)
         self.timestep = torch.zeros(b, dtype=torch.long, device=self.device)
         self.prev_action = (torch.full((b,), -1, dtype=torch.long, device=self.device) if cfg.discrete
                             else torch.zeros(b, cfg.act_dim, device=self.device))

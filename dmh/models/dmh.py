@@ -160,6 +160,18 @@ class DecisionMambaHybrid(nn.Module):
             tokens += [self.embed_action(action) + time, self.embed_reward(reward.unsqueeze(-1)) + time]
         return self.drop(self.embed_ln(torch.stack(tokens, dim=-2)))
 
+    def step_tokens(
+        self, prev_action: torch.Tensor, prev_reward: torch.Tensor, prev_t: torch.Tensor, z: torch.Tensor,
+        obs: torch.Tensor, t: torch.Tensor,
+    ) -> torch.Tensor:
+        """Online: the previous step's (a, r) and this step's (z, s) -> [B, 4, d], the tokens `local_tokens` makes
+        for them (each plus its own step's timestep embedding), in sequence order."""
+        time = self.embed_timestep(torch.stack([prev_t, t], dim=1))  # [B, 2, d]
+        tokens = [self.embed_action(prev_action) + time[:, 0],
+                  self.embed_reward(prev_reward.unsqueeze(-1)) + time[:, 0],
+                  self.embed_z(z) + time[:, 1], self.embed_state(obs) + time[:, 1]]
+        return self.drop(self.embed_ln(torch.stack(tokens, dim=-2)))
+
     def local_actions(self, batch: dict[str, torch.Tensor], layout: BlockLayout, *zs: torch.Tensor,
                       blocks: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Run the local GPT on every block's (z, s, a, r) x c sequence, once per sub-goal tensor z [B, NB, z_dim]
@@ -249,8 +261,12 @@ class DMHPolicy(Policy):
     """Mamba state persists across all episodes since `reset()` and advances only at block boundaries (per row);
     the local GPT's KV cache is cleared at every block start, so it never holds more than 4c tokens.
 
-    Per row and block: at the block's first `act`, the Mamba steps [RTG,] s and z is drawn; every `act` feeds (z, s)
-    to the GPT and every `observe` feeds (a, r); when the block is full or the episode ends, the Mamba steps r_hat, d.
+    Per row and block: at the block's first `act`, the Mamba steps [RTG,] s and z is drawn; when the block is full or
+    the episode ends, `observe` steps r_hat, d. The local GPT runs once per environment step: each `act` feeds the
+    previous step's (a, r) and this step's (z, s) together, the same tokens in the same order as the training
+    sequence. A row that starts a block has no previous step in it: its stale (a, r) go to the cache's last two
+    slots, which no real token of a block reaches (its last real token, s_{c-1}, sits at 4c - 3) and no real query
+    attends to (keys after the query's position are masked), and its (z, s) start the block at slots 0 and 1.
     With `local_context="sliding"` the GPT instead re-reads the episode's last c steps (at most 4c tokens) each act.
     """
 
@@ -267,9 +283,17 @@ class DMHPolicy(Policy):
         self._prepare()
         m, b = self.model, self.batch_size
         self.mamba_state = m.mamba.init_state(b, self.device)
-        self.cache = m.gpt.init_state(b, self.device, unit=len(LOCAL_TOKENS))
+        self.cache = m.gpt.init_state(b, self.device, unit=len(LOCAL_TOKENS), slides=False)
         self.z = torch.zeros(b, m.z_dim, device=self.device)
         self.pos = torch.zeros(b, dtype=torch.long, device=self.device)  # step within the current block
+        self.prev_action = (torch.full((b,), -1, dtype=torch.long, device=self.device) if m.cfg.discrete
+                            else torch.zeros(b, m.cfg.act_dim, device=self.device))  # the last observed step's a, r
+        self.prev_reward = torch.zeros(b, device=self.device)
+        self.prev_timestep = torch.zeros(b, dtype=torch.long, device=self.device)
+        # cache slots of (a_{t-1}, r_{t-1}, z_t, s_t): after the held tokens, or for a row starting a block the last
+        # two slots then 0 and 1
+        self.slots = torch.arange(len(LOCAL_TOKENS), device=self.device)
+        self.starting_slots = (self.slots - 2) % m.gpt.max_tokens
         self.reward_sum = torch.zeros(b, device=self.device)  # rewards so far in the current block
         self.rtg = self.target.clone()  # [B] scaled return still to go in the current episode
         self.timestep = torch.zeros(b, dtype=torch.long, device=self.device)
@@ -302,11 +326,12 @@ class DMHPolicy(Policy):
                     h = m.mamba.step_token(opening[:, i], self.mamba_state, advance=starting)
             z = m.draw_z(*m.z_distribution(h), self.z_mode, self.generator)
             self.z = torch.where(starting[:, None], z, self.z)
-            m.gpt.reset_rows(self.cache, starting)
         if m.cfg.local_context == "sliding":
             return self._act_sliding(obs)
-        x = m.local_tokens(self.z, obs, None, None, self.timestep)  # [B, 2, d]
-        return m.head(m.gpt.step(x, self.cache)[:, LOCAL_STATE])
+        x = m.step_tokens(self.prev_action, self.prev_reward, self.prev_timestep, self.z, obs, self.timestep)
+        pos = torch.where(starting[:, None], self.starting_slots, self.cache.length[:, None] + self.slots)  # [B, 4]
+        self.cache.length = pos[:, -1] + 1
+        return m.head(m.gpt.step(x, self.cache, pos)[:, -1])
 
     def _act_sliding(self, obs: torch.Tensor) -> torch.Tensor:
         m, rows, n = self.model, torch.arange(self.batch_size, device=self.device), self.window_len
@@ -324,10 +349,8 @@ class DMHPolicy(Policy):
         action, reward, done = self._action(action), self._as(reward, torch.float32), self._as(done, torch.bool)
         if m.cfg.local_context == "sliding":
             self._observe_sliding(action, reward, done)
-        else:
-            x = m.local_tokens(self.z, torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device),
-                               action, reward, self.timestep)[:, LOCAL_STATE + 1 :]  # [B, 2, d] = (a, r)
-            m.gpt.step(x, self.cache)
+        else:  # they enter the GPT with the next act
+            self.prev_action, self.prev_reward, self.prev_timestep = action, reward, self.timestep
         self.reward_sum = self.reward_sum + reward
         self.pos = self.pos + 1
         ending = (self.pos == m.cfg.c) | done  # [B] rows whose block is complete

@@ -102,8 +102,7 @@ class DTPolicy(Policy):
     def reset(self) -> None:
         self._prepare()
         m = self.model
-        kwargs = {"unit": m.tokens_per_step} if m.cfg.backbone == "transformer" else {}
-        self.state = m.backbone.init_state(self.batch_size, self.device, **kwargs)
+        self.state = m.backbone.init_state(self.batch_size, self.device, unit=m.tokens_per_step)
         self.rtg = self.target.clone()  # [B] scaled return still to go in the current episode
         self.timestep = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
 

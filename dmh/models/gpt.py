@@ -22,9 +22,11 @@ class KVCache:
 
     k: list[torch.Tensor]  # per layer [B, max_tokens, n_head, head_dim]
     v: list[torch.Tensor]  # per layer [B, max_tokens, n_head, head_dim]
-    inputs: torch.Tensor  # [B, max_tokens, d_model] token embeddings fed to the GPT (to re-encode a slid window)
+    inputs: torch.Tensor | None  # [B, max_tokens, d_model] token embeddings fed to the GPT (to re-encode a slid
+    # window); None for a cache whose owner never lets a row overflow (DM-H's per-block cache)
     length: torch.Tensor  # [B] int64 tokens currently held per row
     unit: int  # tokens per environment step: a full window drops whole steps
+    hop: int = 1  # whole steps a full window drops at least: 1 keeps the longest window; more re-encodes less often
 
 
 class CausalSelfAttention(nn.Module):
@@ -39,10 +41,12 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: torch.Tensor | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D]. Without a cache: causal attention within x. With a cache: x holds new tokens at per-row
-        positions `pos [B, T]`; they are written into the cache and attend to everything before them.
+        slots `pos [B, T]`; they are written into the cache and attend to the slots `mask [B, 1, T, max_tokens]`
+        allows (`GPT.step`: every slot up to their own).
         Returns (y [B, T, D], k, v) with k, v [B, T, H, hd] so a caller can fill a cache from a full pass."""
         batch, length, d = x.shape
         q, k, v = self.c_attn(x).view(batch, length, 3, self.n_head, d // self.n_head).unbind(2)  # [B, T, H, hd]
@@ -54,10 +58,8 @@ class CausalSelfAttention(nn.Module):
             rows = torch.arange(batch, device=x.device)[:, None]  # [B, 1]
             cache.k[layer][rows, pos] = k
             cache.v[layer][rows, pos] = v
-            keys = torch.arange(cache.k[layer].shape[1], device=x.device)  # [max_tokens]
-            mask = keys[None, None, :] <= pos[:, :, None]  # [B, T, max_tokens]: stale slots lie after pos
             y = F.scaled_dot_product_attention(q.transpose(1, 2), cache.k[layer].transpose(1, 2),
-                                               cache.v[layer].transpose(1, 2), attn_mask=mask[:, None], dropout_p=p)
+                                               cache.v[layer].transpose(1, 2), attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(batch, length, d)
         return self.resid_dropout(self.c_proj(y)), k, v
 
@@ -78,9 +80,10 @@ class GPTBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: torch.Tensor | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        a, k, v = self.attn(self.ln_1(x), cache, layer, pos)
+        a, k, v = self.attn(self.ln_1(x), cache, layer, pos, mask)
         x = x + a
         return x + self.mlp(self.ln_2(x)), k, v
 
@@ -121,38 +124,48 @@ class GPT(nn.Module):
             kvs.append((k, v))
         return self.ln_f(h), kvs
 
-    def init_state(self, batch_size: int, device: torch.device | None = None, unit: int = 1) -> KVCache:
-        """Empty cache; `unit` = tokens per environment step (the window slides by whole steps)."""
+    def init_state(self, batch_size: int, device: torch.device | None = None, unit: int = 1,
+                   slides: bool = True, hop: int = 1) -> KVCache:
+        """Empty cache; `unit` = tokens per environment step (the window slides by whole steps, at least `hop` of
+        them at a time). `slides=False`: the caller never lets a row overflow (it places tokens itself,
+        `step(pos=...)`), so no inputs are kept."""
         device = device or self.ln_f.weight.device
         hd = self.d_model // self.n_head
         shape = (batch_size, self.max_tokens, self.n_head, hd)
         return KVCache(
             k=[torch.zeros(shape, device=device) for _ in self.h],
             v=[torch.zeros(shape, device=device) for _ in self.h],
-            inputs=torch.zeros(batch_size, self.max_tokens, self.d_model, device=device),
+            inputs=torch.zeros(batch_size, self.max_tokens, self.d_model, device=device) if slides else None,
             length=torch.zeros(batch_size, dtype=torch.long, device=device),
             unit=unit,
+            hop=hop,
         )
 
     def reset_rows(self, cache: KVCache, rows: torch.Tensor) -> None:
         """Forget the context of rows [B] bool (a new episode for DT, a new block for DM-H's local GPT)."""
         cache.length = cache.length.masked_fill(rows, 0)
 
-    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: KVCache, pos: torch.Tensor | None = None) -> torch.Tensor:
         """Append n new tokens x [B, n, D] to every row's context -> outputs [B, n, D].
 
-        Rows whose window would overflow first drop their oldest whole steps and re-encode what is left, so each row
-        always attends to at most `max_tokens` tokens, exactly as a training window of that size would.
+        Rows whose window would overflow first drop their oldest whole steps (at least `cache.hop` of them) and
+        re-encode what is left, so each row always attends to at most `max_tokens` tokens, exactly as a training
+        window starting at the first kept step would.
+        `pos [B, n]` instead places the tokens at those cache slots (each attends to every slot up to its own); the
+        caller then keeps `cache.length` itself.
         """
-        n = x.shape[1]
-        self._slide_full_rows(cache, n)
-        pos = cache.length[:, None] + torch.arange(n, device=x.device)  # [B, n]
-        rows = torch.arange(x.shape[0], device=x.device)[:, None]
-        cache.inputs[rows, pos] = x
+        if pos is None:
+            n = x.shape[1]
+            self._slide_full_rows(cache, n)
+            pos = cache.length[:, None] + torch.arange(n, device=x.device)  # [B, n]
+            cache.length = cache.length + n
+        if cache.inputs is not None:
+            cache.inputs[torch.arange(x.shape[0], device=x.device)[:, None], pos] = x
+        keys = torch.arange(self.max_tokens, device=x.device)
+        mask = (keys[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, n, max_tokens]: later slots are stale
         h = self._embed(x, pos)
         for i, block in enumerate(self.h):
-            h, _, _ = block(h, cache, i, pos)
-        cache.length = cache.length + n
+            h, _, _ = block(h, cache, i, pos, mask)
         return self.ln_f(h)
 
     def _slide_full_rows(self, cache: KVCache, n: int) -> None:
@@ -161,8 +174,12 @@ class GPT(nn.Module):
             return
         for length in cache.length[over > 0].unique().tolist():
             rows = (cache.length == length).nonzero().squeeze(1)  # rows with the same fill re-encode together
-            drop = -(-(length + n - self.max_tokens) // cache.unit) * cache.unit  # whole steps
+            steps = max(-(-(length + n - self.max_tokens) // cache.unit), cache.hop)  # whole steps, at least hop
+            drop = min(steps * cache.unit, length)
             keep = cache.inputs[rows, drop:length]  # [R, length - drop, D]
+            if keep.shape[1] == 0:  # the hop dropped everything held
+                cache.length[rows] = 0
+                continue
             _, kvs = self._forward_kv(keep)
             kept = keep.shape[1]
             for i, (k, v) in enumerate(kvs):

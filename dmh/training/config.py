@@ -250,6 +250,7 @@ MODEL_FIELD_BOUNDS: dict[str, Bounds] = {
     "n_mamba_layer": POSITIVE, "d_state": POSITIVE, "d_conv": POSITIVE, "expand": POSITIVE, "scan_chunk": POSITIVE,
     "context_len": POSITIVE, "c": POSITIVE, "rtg_scale": POSITIVE, "z_dim": POSITIVE, "dropout": FRACTION,
     "subgoal_loss_weight": NON_NEGATIVE, "local_checkpoint_chunk": NON_NEGATIVE, "train_blocks": NON_NEGATIVE,
+    "window_hop": POSITIVE,
 }
 CHOICES = {"algo": ALGOS, "preset": tuple(PRESETS), "context_sampling": ("auto", "window", "random")}
 

@@ -12,7 +12,7 @@ from dmh.models import build_model
 @pytest.mark.parametrize("discrete", [True, False], ids=["discrete", "continuous"])
 @pytest.mark.parametrize(("algo", "overrides"), [(a, {}) for a in ALGOS]
                          + [(a, {"tokens": "separate"}) for a in ("ad-transformer", "ad-mamba")],
-                         ids=ALGOS + ["ad-transformer-separate", "ad-mamba-separate"])
+                         ids=[*ALGOS, "ad-transformer-separate", "ad-mamba-separate"])
 def test_changing_the_future_never_changes_earlier_outputs(algo: str, overrides: dict, discrete: bool) -> None:
     torch.manual_seed(0)
     cfg = tiny_config(algo, discrete, **overrides)

@@ -90,18 +90,21 @@ def test_dmh_sampled_z_matches_forward_given_the_same_noise() -> None:
     torch.testing.assert_close(stepped[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
 
 
-def test_transformer_window_slides_by_whole_steps_like_a_fresh_training_window() -> None:
-    """Past `context_len` steps the AD transformer attends to exactly the last `context_len` steps, as the forward
-    pass over that window would (its first token still carries the true previous action and reward)."""
+@pytest.mark.parametrize("hop", [1, 3])
+def test_transformer_window_slides_by_whole_steps_like_a_fresh_training_window(hop: int) -> None:
+    """Past `context_len` steps the AD transformer attends to exactly the steps since its window's start, as the
+    forward pass over that window would (its first token still carries the true previous action and reward). With
+    `window_hop` h a full window drops h steps at once: the window starts at h * ((t - context_len) // h + 1)."""
     torch.manual_seed(4)
-    cfg = tiny_config("ad-transformer", context_len=6)
+    cfg = tiny_config("ad-transformer", context_len=6, window_hop=hop)
     model = build_model("ad-transformer", cfg).eval()
     batch = make_batch([[4, 5, 4]], cfg.obs_dim, cfg.act_dim)
     stepped = policy_outputs(model, batch)
-    for t in [6, 9, 12]:  # windows [t-5, t]
-        x = model.embed(batch["obs"][:, t - 5 : t + 1], _prev(batch["actions"], t - 5, t + 1, -1),
-                        _prev(batch["rewards"], t - 5, t + 1, 0.0), batch["episode_start"][:, t - 5 : t + 1],
-                        batch["timesteps"][:, t - 5 : t + 1])
+    for t in range(6, 13):
+        start = hop * ((t - 6) // hop + 1)
+        x = model.embed(batch["obs"][:, start : t + 1], _prev(batch["actions"], start, t + 1, -1),
+                        _prev(batch["rewards"], start, t + 1, 0.0), batch["episode_start"][:, start : t + 1],
+                        batch["timesteps"][:, start : t + 1])
         with torch.no_grad():
             expected = model.head(model.backbone(x))[:, -1]
         torch.testing.assert_close(stepped[:, t], expected, atol=2e-5, rtol=1e-4)
