@@ -2,7 +2,7 @@
 
     python -m benchmarks                      # the full table (about 20 minutes on one thread, see docs/benchmarks.md)
     python -m benchmarks --quick              # small contexts, few repetitions: a couple of minutes
-    python -m benchmarks --only online        # one part: online | offline | scan | data
+    python -m benchmarks --only online        # one part: online | offline | scan | data | sweep
     python -m benchmarks --out DIR            # where the results go (default /tmp/dmh-benchmarks)
 
 Run it on an otherwise idle machine: other processes on the same cores inflate every number, and the ratios less
@@ -21,10 +21,10 @@ from types import ModuleType
 
 import torch
 
-from benchmarks import data, offline, online, scan
+from benchmarks import data, offline, online, scan, sweep
 from benchmarks.common import Row, machine_info, write_results
 
-PARTS: dict[str, ModuleType] = {"online": online, "offline": offline, "scan": scan, "data": data}
+PARTS: dict[str, ModuleType] = {"online": online, "offline": offline, "scan": scan, "data": data, "sweep": sweep}
 DEFAULT_OUT = Path("/tmp/dmh-benchmarks")  # outside the checkout: results are not part of the repository
 
 

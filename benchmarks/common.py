@@ -39,12 +39,19 @@ class Metric:
     PEAK_MIB = "peak_mib"  # peak resident memory a case added over the process before it
     TOKEN_US = "token_us"  # one recurrent step of a Mamba block (one token per row)
     STEPS_PER_S = "steps_per_s"  # environment steps per second of wall time
+    SWEEP_WALL_S = "sweep_wall_s"  # a whole sweep, from starting its script to the exit of its last process
+    TRIALS = "trials"  # how many trials a sweep ran
+    TRIAL_S = "trial_s"  # seconds inside a sweep's trials (their Tune time_total_s), summed over its trials
+    SCHEDULING_S_PER_TRIAL = "scheduling_s_per_trial"  # a sweep's slot-seconds not inside a trial, per trial
+    CPU_S = "cpu_s"  # user + system CPU seconds of a process and every process below it
+    CPU_UTILISATION = "cpu_utilisation"  # CPU seconds over (wall seconds x usable cores)
 
 
 UNITS = {
     Metric.STEP_MS: "ms", Metric.EPISODES_MIN: "min", Metric.UPDATE_S: "s",
     Metric.HOURS_PER_10K: "h", Metric.PRESET_MIN: "min", Metric.FWD_BWD_S: "s", Metric.PEAK_MIB: "MiB",
-    Metric.TOKEN_US: "us", Metric.STEPS_PER_S: "steps/s",
+    Metric.TOKEN_US: "us", Metric.STEPS_PER_S: "steps/s", Metric.SWEEP_WALL_S: "s", Metric.TRIALS: "trials",
+    Metric.TRIAL_S: "s", Metric.SCHEDULING_S_PER_TRIAL: "s", Metric.CPU_S: "s", Metric.CPU_UTILISATION: "%",
 }
 
 
@@ -57,7 +64,7 @@ def ratio_of(metric: str) -> str:
 class Row:
     """One measurement (or one ratio of two) as it goes into results.csv / results.json."""
 
-    part: str  # online | offline | scan | data
+    part: str  # online | offline | scan | data | sweep
     model: str  # what was measured, e.g. "DM-H" or, for a ratio, "DM-H / AD (Mamba)"
     context: int | None  # context length in environment steps (scan: tokens); None where it does not apply
     batch: int | None  # rows per call (environments, contexts, sequences); None where it does not apply
@@ -140,11 +147,16 @@ DT_WINDOW = 20  # DT / DM on D4RL: a window of K = 20 steps of one episode
 LABELS = {name: algorithm(name).label for name in ("dmh", "dm", "dt", "ad-transformer", "ad-mamba")}
 KV_CACHE = "AD (Transformer, KV cache)"  # the project's AD policy as it is
 REENCODING = "AD (Transformer, re-encoding)"  # AD as the paper's baseline ran online: a full forward per step
+SEPARATE = "AD (Transformer, separate tokens)"  # AD with (s, a, r) as three tokens per step (ADConfig.tokens)
+SEPARATE_REENCODING = "AD (Transformer, separate tokens, re-encoding)"
+HOP = AD_WINDOW // 4  # steps the hopping KV cache drops at once (ADConfig.window_hop): a quarter of the window
+KV_HOP = "AD (Transformer, KV cache, hop 1/4 window)"  # a full window drops a quarter of itself at once
 
 
-def paper_config(algo: str, dropout: float = 0.0, context_len: int | None = None) -> ModelConfig:
+def paper_config(algo: str, dropout: float = 0.0, context_len: int | None = None, **fields: Any) -> ModelConfig:
     """The paper's sizes (d_model 128, 3 GPT layers, 1 head, 2 Mamba layers, d_state 16, c = 20) on
-    HalfCheetah-shaped inputs; `context_len` is AD's window or DT/DM's K (defaults: 4000 and 20)."""
+    HalfCheetah-shaped inputs; `context_len` is AD's window or DT/DM's K (defaults: 4000 and 20); `fields` set other
+    config fields (e.g. AD's `tokens`)."""
     common: dict[str, Any] = dict(obs_dim=OBS_DIM, act_dim=ACT_DIM, discrete=False, max_timestep=EPISODE_LEN,
                                   d_model=128, n_layer=3, n_head=1, n_mamba_layer=2, d_state=16, dropout=dropout,
                                   mamba_backend="torch")
@@ -154,7 +166,7 @@ def paper_config(algo: str, dropout: float = 0.0, context_len: int | None = None
         common.update(context_len=context_len or DT_WINDOW)
     else:
         common.update(context_len=context_len or AD_WINDOW)
-    return config_class(algo)(**common)
+    return config_class(algo)(**common, **fields)
 
 
 def synthetic_batch(batch_size: int, length: int, episodes: int, seed: int = 0) -> dict[str, torch.Tensor]:

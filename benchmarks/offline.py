@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.common import (
     LABELS,
+    SEPARATE,
     Metric,
     Row,
     median_seconds,
@@ -34,6 +35,7 @@ from dmh.training.train import Trainer
 
 PART = "offline"
 ALGOS = ("dmh", "ad-transformer", "ad-mamba")  # the models of Table 4's offline columns
+VARIANTS = {SEPARATE: ("ad-transformer", {"tokens": "separate"})}  # the same models in another layout
 PRESET_ALGOS = ("dmh", "ad-transformer", "ad-mamba", "dt", "dm")
 PRESET = "cpu preset: "  # prefix of the preset rows' model names (the same models, another setting)
 
@@ -59,13 +61,14 @@ FULL = OfflineSettings(contexts=(200, 2000, 4000), batch_size=4, episodes=4, rep
 # Table 4, HalfCheetah, 4000-step context: hours per 10k gradient updates (the authors' GPU, their batch).
 PAPER_HOURS = {LABELS["ad-mamba"]: 28.56, LABELS["ad-transformer"]: 37.10, LABELS["dmh"]: 20.96}
 RATIOS = ((LABELS["dmh"], LABELS["ad-transformer"]), (LABELS["ad-mamba"], LABELS["ad-transformer"]),
-          (LABELS["dmh"], LABELS["ad-mamba"]))
+          (LABELS["dmh"], LABELS["ad-mamba"]), (LABELS["dmh"], SEPARATE))
+PRESET_RATIOS = RATIOS[:3]  # the preset runs the default layout only
 
 
-def paper_update_seconds(algo: str, context: int, s: OfflineSettings) -> float:
+def paper_update_seconds(algo: str, context: int, s: OfflineSettings, **fields: object) -> float:
     """Median seconds of one update of the paper-sized `algo` (dropout 0.1, lr 1e-4, wd 1e-4, clip 0.25: Table 3)."""
     torch.manual_seed(0)
-    model = build_model(algo, paper_config(algo, dropout=0.1, context_len=context)).train()
+    model = build_model(algo, paper_config(algo, dropout=0.1, context_len=context, **fields)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     batch = synthetic_batch(s.batch_size, context, s.episodes)
 
@@ -98,17 +101,18 @@ def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     keys = sorted({(r.context, r.batch) for r in rows})
-    pairs = [(PRESET + a, PRESET + b) for a, b in RATIOS]
+    pairs = [(PRESET + a, PRESET + b) for a, b in PRESET_RATIOS]
     return rows + ratio_rows(rows, pairs, Metric.UPDATE_S, keys)
 
 
 def run(s: OfflineSettings, threads: int) -> list[Row]:
     rows = []
+    models = {LABELS[a]: (a, {}) for a in ALGOS} | VARIANTS
     for context in s.contexts:
-        for algo in ALGOS:
-            seconds = paper_update_seconds(algo, context, s)
-            rows.append(row(PART, LABELS[algo], Metric.UPDATE_S, seconds, s.repetitions, context, s.batch_size))
-            rows.append(row(PART, LABELS[algo], Metric.HOURS_PER_10K, seconds * 10_000 / 3600, s.repetitions,
+        for label, (algo, fields) in models.items():
+            seconds = paper_update_seconds(algo, context, s, **fields)
+            rows.append(row(PART, label, Metric.UPDATE_S, seconds, s.repetitions, context, s.batch_size))
+            rows.append(row(PART, label, Metric.HOURS_PER_10K, seconds * 10_000 / 3600, s.repetitions,
                             context, s.batch_size))
     rows += ratio_rows(rows, RATIOS, Metric.UPDATE_S, [(c, s.batch_size) for c in s.contexts])
     if s.preset:
@@ -117,9 +121,10 @@ def run(s: OfflineSettings, threads: int) -> list[Row]:
 
 
 def table(rows: list[Row], s: OfflineSettings) -> str:
-    models = [LABELS[a] for a in ALGOS]
+    models = [*(LABELS[a] for a in ALGOS), *VARIANTS]
     paper = ", ".join(f"{k} {v}" for k, v in PAPER_HOURS.items())
-    paper_ratios = ", ".join(f"{ratio_label(a, b)} {PAPER_HOURS[a] / PAPER_HOURS[b]:.2f}" for a, b in RATIOS)
+    paper_ratios = ", ".join(f"{ratio_label(a, b)} {PAPER_HOURS[a] / PAPER_HOURS[b]:.2f}" for a, b in RATIOS
+                             if b in PAPER_HOURS)
     parts = [
         wide_table(f"Offline: s per update, paper-sized models, synthetic batch of {s.batch_size} contexts", rows,
                    models, Metric.UPDATE_S, s.contexts, [s.batch_size]),
@@ -140,7 +145,7 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
             wide_table("Offline: minutes for the cpu preset's updates", preset, labels, Metric.PRESET_MIN, contexts,
                        batches),
             wide_table("Offline: ratios, cpu preset", preset,
-                       [ratio_label(PRESET + a, PRESET + b) for a, b in RATIOS], ratio_of(Metric.UPDATE_S),
+                       [ratio_label(PRESET + a, PRESET + b) for a, b in PRESET_RATIOS], ratio_of(Metric.UPDATE_S),
                        contexts, batches),
         ]
     return "\n".join(parts)

@@ -20,10 +20,13 @@ from benchmarks.common import (
     AD_WINDOW,
     DT_WINDOW,
     EPISODE_LEN,
+    HOP,
     KV_CACHE,
+    KV_HOP,
     LABELS,
     OBS_DIM,
     REENCODING,
+    SEPARATE_REENCODING,
     Metric,
     Row,
     find,
@@ -54,20 +57,26 @@ class OnlineSettings:
     # update at the block boundary exactly as often as a rollout does
     slow_steps: int  # timed single steps per point for the policies that re-encode a window every step
     reencode_max: int  # longest context the re-encoding AD is timed at (each step is a full forward over it)
+    hop_contexts: dict[int, tuple[int, ...]]  # batch -> contexts (at or past the window) the hopping KV cache is
+    # timed at, each over one whole hop cycle (HOP steps, one re-encode)
+    separate_batches: tuple[int, ...]  # batches the separate-token re-encoding AD is timed at (3x the tokens)
     protocol_episode_len: int  # Table 4: steps per online episode (HalfCheetah: 1000)
     protocol_episodes: int  # Table 4: online episodes (D4RL: 10)
     protocol_points: int  # context lengths the re-encoding cost is measured at for Table 4's projection
 
 
 QUICK = OnlineSettings(contexts=(200, 1000), batches=(1, 4), runs=3, steps_per_run=20, slow_steps=2,
-                       reencode_max=4000, protocol_episode_len=100, protocol_episodes=10, protocol_points=4)
+                       reencode_max=4000, hop_contexts={1: (4000,)}, separate_batches=(1,), protocol_episode_len=100,
+                       protocol_episodes=10, protocol_points=4)
 FULL = OnlineSettings(contexts=(200, 1000, 4000, 10_000, 20_000), batches=(1, 20), runs=10, steps_per_run=20,
-                      slow_steps=3, reencode_max=4000, protocol_episode_len=1000, protocol_episodes=10,
-                      protocol_points=8)
+                      slow_steps=3, reencode_max=4000, hop_contexts={1: (4000, 10_000), 20: (4000,)},
+                      separate_batches=(1,), protocol_episode_len=1000, protocol_episodes=10, protocol_points=8)
 
 # Table 4, HalfCheetah, 4000-step context: minutes of online testing for 10 episodes (the authors' GPU).
 PAPER_MINUTES = {LABELS["ad-mamba"]: 6.16, REENCODING: 173.11, LABELS["dmh"]: 6.21}
-RATIOS = ((LABELS["dmh"], LABELS["ad-mamba"]), (REENCODING, LABELS["dmh"]), (KV_CACHE, LABELS["dmh"]))
+RATIOS = ((LABELS["dmh"], LABELS["ad-mamba"]), (REENCODING, LABELS["dmh"]), (KV_CACHE, LABELS["dmh"]),
+          (KV_HOP, LABELS["dmh"]), (SEPARATE_REENCODING, LABELS["dmh"]))
+PROTOCOL_RATIOS = RATIOS[:4]  # Table 4's protocol runs the default token layout
 
 
 class Rollout:
@@ -153,10 +162,10 @@ class ReencodingAD(Policy):
         self.length = n + 1
 
 
-def build(algo: str, context_len: int | None = None) -> nn.Module:
+def build(algo: str, context_len: int | None = None, **fields: object) -> nn.Module:
     """The paper-sized `algo` in eval mode, the same weights every time (seeded)."""
     torch.manual_seed(0)
-    return build_model(algo, paper_config(algo, context_len=context_len)).eval()
+    return build_model(algo, paper_config(algo, context_len=context_len, **fields)).eval()
 
 
 def policy_of(model: nn.Module, batch_size: int) -> Policy:
@@ -186,7 +195,21 @@ def stepped_rows(label: str, policy: Policy, batch: int, s: OnlineSettings, wind
     return rows
 
 
-def reencoding_rows(model: nn.Module, batch: int, s: OnlineSettings) -> list[Row]:
+def hop_rows(batch: int, s: OnlineSettings) -> list[Row]:
+    """The KV cache with `window_hop` = HOP: per-step cost averaged over one whole hop cycle (HOP steps, of which
+    one drops HOP steps and re-encodes the rest), at contexts at or past the window."""
+    model = build("ad-transformer", window_hop=HOP)
+    rollout, rows = Rollout(policy_of(model, batch), batch), []
+    for context in s.hop_contexts.get(batch, ()):
+        rollout.advance_to(context)
+        seconds = rollout.seconds_per_step(1, HOP)
+        rows.append(row(PART, KV_HOP, Metric.STEP_MS, seconds * 1e3, 1, context, batch,
+                        f"one cycle of {HOP} steps timed (one re-encode of {model.cfg.context_len - HOP} steps in it); "
+                        f"attends to the last {model.cfg.context_len - HOP + 1}-{model.cfg.context_len} steps"))
+    return rows
+
+
+def reencoding_rows(model: nn.Module, batch: int, s: OnlineSettings, label: str = REENCODING) -> list[Row]:
     rows = []
     for context in s.contexts:
         if context > s.reencode_max:
@@ -196,8 +219,9 @@ def reencoding_rows(model: nn.Module, batch: int, s: OnlineSettings) -> list[Row
         policy.prefill(context, EPISODE_LEN)
         rollout.steps = context
         seconds = rollout.seconds_per_step(s.slow_steps, 1)
-        rows.append(row(PART, REENCODING, Metric.STEP_MS, seconds * 1e3, s.slow_steps, context, batch,
-                        f"a full forward over the last min(context + 1, {model.cfg.context_len}) steps per step"))
+        rows.append(row(PART, label, Metric.STEP_MS, seconds * 1e3, s.slow_steps, context, batch,
+                        f"a full forward over the last min(context + 1, {model.cfg.context_len}) steps per step"
+                        + (" (3 tokens each)" if model.cfg.tokens == "separate" else "")))
     return rows
 
 
@@ -227,6 +251,11 @@ def protocol_rows(s: OnlineSettings) -> list[Row]:
         seconds = median_seconds(lambda r=rollout: r.play(total), repetitions=1, warmup=0)
         rows.append(row(PART, LABELS[algo], Metric.EPISODES_MIN, seconds / 60, 1, window, 1,
                         f"{total} steps timed as one rollout"))
+    hopping = build("ad-transformer", context_len=window, window_hop=window // 4)
+    rollout = Rollout(policy_of(hopping, 1), 1, episode)
+    seconds = median_seconds(lambda: rollout.play(total), repetitions=1, warmup=0)
+    rows.append(row(PART, KV_HOP, Metric.EPISODES_MIN, seconds / 60, 1, window, 1,
+                    f"{total} steps timed as one rollout, hop {window // 4}"))
     model = build("ad-transformer", context_len=window)
     rollout = Rollout(policy_of(model, 1), 1, episode)
     fill = median_seconds(lambda: rollout.play(window), repetitions=1, warmup=0)
@@ -247,7 +276,7 @@ def protocol_rows(s: OnlineSettings) -> list[Row]:
     rows.append(row(PART, REENCODING, Metric.EPISODES_MIN, minutes, s.slow_steps, window, 1,
                     f"projected: the step cost measured at {len(lengths)} context lengths up to {window}, "
                     f"interpolated over the {total} steps"))
-    return rows + ratio_rows(rows, RATIOS, Metric.EPISODES_MIN, [(window, 1)])
+    return rows + ratio_rows(rows, PROTOCOL_RATIOS, Metric.EPISODES_MIN, [(window, 1)])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -262,6 +291,9 @@ def run(s: OnlineSettings, threads: int) -> list[Row]:
         ad = build("ad-transformer")
         rows += stepped_rows(KV_CACHE, policy_of(ad, batch), batch, s, window=ad.cfg.context_len)
         rows += reencoding_rows(ad, batch, s)
+        rows += hop_rows(batch, s)
+        if batch in s.separate_batches:
+            rows += reencoding_rows(build("ad-transformer", tokens="separate"), batch, s, SEPARATE_REENCODING)
         for algo in ("dt", "dm"):
             rows += single_episode_rows(algo, batch, s)
     keys = [(c, b) for b in s.batches for c in s.contexts]
@@ -270,7 +302,8 @@ def run(s: OnlineSettings, threads: int) -> list[Row]:
 
 
 def table(rows: list[Row], s: OnlineSettings) -> str:
-    models = [LABELS["dmh"], LABELS["ad-mamba"], KV_CACHE, REENCODING, LABELS["dt"], LABELS["dm"]]
+    models = [LABELS["dmh"], LABELS["ad-mamba"], KV_CACHE, KV_HOP, REENCODING, SEPARATE_REENCODING, LABELS["dt"],
+              LABELS["dm"]]
     contexts = [DT_WINDOW, *s.contexts]
     window = 4 * s.protocol_episode_len
     steps = wide_table(
@@ -280,17 +313,20 @@ def table(rows: list[Row], s: OnlineSettings) -> str:
             f"{KV_CACHE}: the project's policy, window {AD_WINDOW} steps; at {AD_WINDOW} the window is full and every",
             f"  step re-encodes it, so beyond {AD_WINDOW} it costs what it costs at {AD_WINDOW} (not run: filling it",
             "  step by step past its window would take hours).",
+            f"{KV_HOP}: a full window drops {HOP} steps at once (window_hop), so it re-encodes once per {HOP} steps;",
+            "  its cost is averaged over one such cycle.",
             f"{REENCODING}: a full forward per step (the paper's baseline); not run beyond {s.reencode_max} steps.",
+            f"{SEPARATE_REENCODING}: the same with AD's (s, a, r) as three tokens per step (tokens=separate).",
         ])
     ratios = wide_table("Online: ratios of the per-step costs above", rows, [ratio_label(*p) for p in RATIOS],
                         ratio_of(Metric.STEP_MS), s.contexts, s.batches)
     body, notes = [], []
-    for label in (LABELS["dmh"], LABELS["ad-mamba"], KV_CACHE, REENCODING):
+    for label in (LABELS["dmh"], LABELS["ad-mamba"], KV_CACHE, KV_HOP, REENCODING):
         r = find(rows, label, Metric.EPISODES_MIN, window, 1)
         paper = PAPER_MINUTES.get(label) if window == AD_WINDOW else None
         body.append([label, number(r.value if r else None), number(paper)])
         notes.append(f"{label}: {r.note if r else 'not measured'}.")
-    for pair in RATIOS:
+    for pair in PROTOCOL_RATIOS:
         r = find(rows, ratio_label(*pair), ratio_of(Metric.EPISODES_MIN), window, 1)
         top, bottom = PAPER_MINUTES.get(pair[0]), PAPER_MINUTES.get(pair[1])
         paper = top / bottom if window == AD_WINDOW and top and bottom else None

@@ -38,9 +38,11 @@ def test_quick_online_writes_every_step_cost_and_ratio(tmp_path: Path) -> None:
     results, rows = run_benchmarks(tmp_path, "--only", "online")
     check_results(results, rows, "online")
     models = {r["model"] for r in rows if r["metric"] == "step_ms"}
-    assert models == {"DM-H", "AD (Mamba)", "AD (Transformer, KV cache)", "AD (Transformer, re-encoding)", "DT", "DM"}
+    assert models == {"DM-H", "AD (Mamba)", "AD (Transformer, KV cache)", "AD (Transformer, KV cache, hop 1/4 window)",
+                      "AD (Transformer, re-encoding)", "AD (Transformer, separate tokens, re-encoding)", "DT", "DM"}
     assert {r["model"] for r in rows if r["metric"] == "step_ms_ratio"} == {
-        "DM-H / AD (Mamba)", "AD (Transformer, re-encoding) / DM-H", "AD (Transformer, KV cache) / DM-H"}
+        "DM-H / AD (Mamba)", "AD (Transformer, re-encoding) / DM-H", "AD (Transformer, KV cache) / DM-H",
+        "AD (Transformer, separate tokens, re-encoding) / DM-H"}
     assert {r["model"] for r in rows if r["metric"] == "episodes_min"} >= {"DM-H", "AD (Transformer, re-encoding)"}
 
 
@@ -48,6 +50,18 @@ def test_quick_online_writes_every_step_cost_and_ratio(tmp_path: Path) -> None:
 def test_quick_offline_on_synthetic_batches_writes_update_times_and_ratios(tmp_path: Path) -> None:
     results, rows = run_benchmarks(tmp_path, "--only", "offline", "--synthetic-only")
     check_results(results, rows, "offline")
-    assert {r["model"] for r in rows if r["metric"] == "update_s"} == {"DM-H", "AD (Transformer)", "AD (Mamba)"}
+    assert {r["model"] for r in rows if r["metric"] == "update_s"} == {
+        "DM-H", "AD (Transformer)", "AD (Mamba)", "AD (Transformer, separate tokens)"}
     assert {r["model"] for r in rows if r["metric"] == "update_s_ratio"} == {
-        "DM-H / AD (Transformer)", "AD (Mamba) / AD (Transformer)", "DM-H / AD (Mamba)"}
+        "DM-H / AD (Transformer)", "AD (Mamba) / AD (Transformer)", "DM-H / AD (Mamba)",
+        "DM-H / AD (Transformer, separate tokens)"}
+
+
+@pytest.mark.slow
+def test_quick_sweep_writes_the_smoke_sweeps_overhead_and_cpu_utilisation(tmp_path: Path) -> None:
+    results, rows = run_benchmarks(tmp_path, "--only", "sweep")
+    check_results(results, rows, "sweep")
+    assert {r["metric"]: r["unit"] for r in rows} == {
+        "sweep_wall_s": "s", "trials": "trials", "trial_s": "s", "scheduling_s_per_trial": "s", "cpu_s": "s",
+        "cpu_utilisation": "%"}
+    assert next(float(r["value"]) for r in rows if r["metric"] == "trials") == 2  # the smoke grid: c = 1 and 5
