@@ -9,7 +9,9 @@ Grid World Darkroom through `Trainer.train_step()`, which also samples the batch
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -22,10 +24,12 @@ from benchmarks.common import (
     Row,
     median_seconds,
     paper_config,
+    peak_added_mib,
     ratio_label,
     ratio_of,
     ratio_rows,
     row,
+    run_in_process,
     synthetic_batch,
     wide_table,
 )
@@ -51,12 +55,14 @@ class OfflineSettings:
     preset: bool  # also time the `cpu` preset's Trainer.train_step() (needs the Darkroom data: 1-2 min the first time)
     preset_task: str  # the preset's task
     preset_updates: int  # timed Trainer updates per algo, after 3 warm-up ones
+    memory_context: int  # steps of the one context whose DM-H forward + backward peak memory is measured
 
 
 QUICK = OfflineSettings(contexts=(200,), batch_size=4, episodes=4, repetitions=2, preset=True, preset_task="darkroom",
-                        preset_updates=5)
+                        preset_updates=5, memory_context=2000)
 FULL = OfflineSettings(contexts=(200, 2000, 4000), batch_size=4, episodes=4, repetitions=2, preset=True,
-                       preset_task="darkroom", preset_updates=20)
+                       preset_task="darkroom", preset_updates=20, memory_context=20_000)
+MEMORY_TARGET_MIB = 4096  # the speed issue's bound on a 20,000-step DM-H forward + backward
 
 # Table 4, HalfCheetah, 4000-step context: hours per 10k gradient updates (the authors' GPU, their batch).
 PAPER_HOURS = {LABELS["ad-mamba"]: 28.56, LABELS["ad-transformer"]: 37.10, LABELS["dmh"]: 20.96}
@@ -80,6 +86,27 @@ def paper_update_seconds(algo: str, context: int, s: OfflineSettings, **fields: 
         optimizer.step()
 
     return median_seconds(update, s.repetitions, warmup=1)
+
+
+def dmh_memory(case: dict) -> dict:
+    """In its own process: the peak memory one forward + backward of the paper-sized DM-H (dropout 0.1, valuable
+    sub-goals on) adds over one context of `case["context"]` steps (20 HalfCheetah-shaped episodes: the paper's
+    longest Tmaze context has 20,000 steps)."""
+    torch.set_num_threads(case["threads"])
+    torch.manual_seed(0)
+    model = build_model("dmh", paper_config("dmh", dropout=0.1)).train()
+    batch = synthetic_batch(1, case["context"], 20)
+    return peak_added_mib(lambda: model.loss(batch)[0].backward())
+
+
+def memory_rows(s: OfflineSettings, threads: int) -> list[Row]:
+    result = run_in_process("benchmarks.offline", {"context": s.memory_context, "threads": threads}, memory=True,
+                            what=f"DM-H memory at {s.memory_context} steps")
+    if result is None:
+        return []
+    note = (f"one forward + backward over one context; target < {MEMORY_TARGET_MIB} MiB at 20000 steps"
+            + ("" if result["exact_peak"] else "; peak of the whole process (no /proc/self/clear_refs)"))
+    return [row(PART, LABELS["dmh"], Metric.PEAK_MIB, result["peak_mib"], 1, s.memory_context, 1, note)]
 
 
 def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
@@ -115,6 +142,7 @@ def run(s: OfflineSettings, threads: int) -> list[Row]:
             rows.append(row(PART, label, Metric.HOURS_PER_10K, seconds * 10_000 / 3600, s.repetitions,
                             context, s.batch_size))
     rows += ratio_rows(rows, RATIOS, Metric.UPDATE_S, [(c, s.batch_size) for c in s.contexts])
+    rows += memory_rows(s, threads)
     if s.preset:
         rows += preset_rows(s, threads)
     return rows
@@ -134,6 +162,11 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
         wide_table("Offline: ratios of the update times above", rows, [ratio_label(*p) for p in RATIOS],
                    ratio_of(Metric.UPDATE_S), s.contexts, [s.batch_size], notes=[f"Paper: {paper_ratios}."]),
     ]
+    memory = [r for r in rows if r.metric == Metric.PEAK_MIB]
+    if memory:
+        parts.append(wide_table("Offline: peak MiB one DM-H forward + backward adds (batch 1)", memory,
+                                [LABELS["dmh"]], Metric.PEAK_MIB, [memory[0].context], [1],
+                                notes=[memory[0].note + "."], digits=4))
     preset = [r for r in rows if r.model.startswith(PRESET)]
     if preset:
         contexts = sorted({r.context for r in preset})
@@ -149,3 +182,7 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
                        contexts, batches),
         ]
     return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(json.dumps(dmh_memory(json.loads(sys.argv[1]))))

@@ -1,43 +1,36 @@
 """Scan: the selective scan alone, forward + backward, ours against its sequential twin and mambapy's parallel scan;
 and the recurrent step of one Mamba block (one token per row), ours against mambapy's.
 
-Each case runs in processes of its own (`python -m benchmarks.scan CASE_JSON`): one for the time, one for the memory.
-Peak memory is the resident-set high-water mark during one forward + backward (VmHWM, reset through
-/proc/self/clear_refs just before it) minus the resident size at that moment (inputs already allocated). It is
-measured in a process where glibc maps every allocation over 64 KiB on its own and unmaps it when freed
-(`MALLOC_MMAP_THRESHOLD_=65536`), so the resident size follows the live tensors instead of what the allocator keeps
-for reuse (with the default allocator, our scan at 1000 tokens showed 1.1 GiB instead of 0.2 GiB: mostly freed memory
-glibc kept). That setting slows allocation-heavy code 2-5x, which is why the time is measured in a separate, default
-process, and why the memory cases run two at a time once every timed case is done.
+Each case runs in processes of its own (`python -m benchmarks.scan CASE_JSON`): one for the time, one for the memory
+(`benchmarks.common.peak_added_mib`, in a process started with `MEMORY_ENV`). That setting slows allocation-heavy
+code 2-5x, which is why the time is measured in a separate, default process, and why the memory cases run two at a
+time once every timed case is done.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (
-    REPO_ROOT,
     Metric,
     Row,
     find,
     format_table,
     median_seconds,
     number,
+    peak_added_mib,
     ratio_label,
     ratio_of,
     ratio_rows,
     row,
+    run_in_process,
     wide_table,
 )
 from dmh.models import Mamba, selective_scan, selective_scan_reference
@@ -103,28 +96,6 @@ def scan_inputs(batch: int, length: int, d_inner: int, d_state: int) -> list[tor
     return [x.requires_grad_() for x in (u, delta, A, B, C, D)]
 
 
-def _rss_mib() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
-    except OSError:
-        return False
-    return True
-
-
-def _peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # see the module docstring
-
-
 def measure_case(case: dict) -> dict:
     """In the case's own process: the median forward + backward seconds ("time"), or the peak memory one forward +
     backward adds ("memory", in a process started with MEMORY_ENV)."""
@@ -139,10 +110,7 @@ def measure_case(case: dict) -> dict:
 
     if case["measure"] == "time":
         return {"seconds": median_seconds(forward_backward, case["repetitions"], warmup=case["warmup"])}
-    before = _rss_mib()
-    exact = _reset_peak()
-    forward_backward()
-    return {"peak_mib": _peak_mib() - before, "exact_peak": exact}
+    return peak_added_mib(forward_backward)
 
 
 def run_case(name: str, length: int, measure: str, s: ScanSettings, threads: int) -> dict | None:
@@ -150,14 +118,7 @@ def run_case(name: str, length: int, measure: str, s: ScanSettings, threads: int
     case = dict(scan=name, length=length, batch=s.batch, d_inner=s.d_inner, d_state=s.d_state,
                 repetitions=s.repetitions, warmup=int(length <= s.warmup_max_length), threads=threads,
                 measure=measure)
-    env = {**os.environ, **(MEMORY_ENV if measure == "memory" else {})}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.scan", json.dumps(case)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, check=False, timeout=1800)
-    if done.returncode:
-        print(f"scan {name} L={length} ({measure}) failed (exit {done.returncode}): {done.stderr.strip()[-500:]}",
-              file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_in_process("benchmarks.scan", case, memory=measure == "memory", what=f"scan {name} L={length}")
 
 
 def step_us(name: str, batch: int, s: ScanSettings) -> float:

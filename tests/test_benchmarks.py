@@ -55,6 +55,7 @@ def test_quick_offline_on_synthetic_batches_writes_update_times_and_ratios(tmp_p
     assert {r["model"] for r in rows if r["metric"] == "update_s_ratio"} == {
         "DM-H / AD (Transformer)", "AD (Mamba) / AD (Transformer)", "DM-H / AD (Mamba)",
         "DM-H / AD (Transformer, separate tokens)"}
+    assert [(r["model"], r["unit"]) for r in rows if r["metric"] == "peak_mib"] == [("DM-H", "MiB")]
 
 
 @pytest.mark.slow
