@@ -89,9 +89,10 @@ def _read_out(states: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
 
 class _SelectiveScan(torch.autograd.Function):
     """The chunked scan with a hand-written backward. Forward keeps only the state at each chunk start; backward
-    walks the chunks in reverse, recomputes each chunk's states from its start (or takes them from the forward when
-    `keep_states`), runs the adjoint recurrence dH[t] = dy[t] C[t] + a[t+1] dH[t+1], and reads every gradient off
-    dH with vectorised products. Live memory is O(B * chunk * d_inner * d_state) either way but for `keep_states`."""
+    walks the chunks in reverse, recomputes each chunk's decays and states from its start, runs the adjoint
+    recurrence dH[t] = dy[t] C[t] + a[t+1] dH[t+1], and reads every gradient off dH with vectorised products: live
+    memory O(B * chunk * d_inner * d_state). With `keep_states` the forward keeps every chunk's decays and states
+    instead (memory O(L * d_inner * d_state), no recomputation)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0, chunk_size: int, keep_states: bool):  # time-major [L, B, ...] inputs
@@ -100,11 +101,11 @@ class _SelectiveScan(torch.autograd.Function):
         for s in range(0, u.shape[0], chunk_size):
             sl = slice(s, s + chunk_size)
             starts.append(h)
-            _, states = _chunk_states(u[sl], delta[sl], A, B[sl], h)
+            a, states = _chunk_states(u[sl], delta[sl], A, B[sl], h)
             ys.append(_read_out(states, C[sl]))
             h = states[-1].clone()
             if keep_states:
-                kept.append(states)
+                kept.append((a, states))
         ctx.chunk_size = chunk_size
         ctx.kept = kept
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
@@ -122,8 +123,7 @@ class _SelectiveScan(torch.autograd.Function):
         for k in reversed(range(starts.shape[0])):
             sl = slice(k * size, (k + 1) * size)
             u_k, delta_k, B_k, C_k, g = u[sl], delta[sl], B[sl], C[sl], dy[sl]
-            a, states = _chunk_states(u_k, delta_k, A, B_k, starts[k]) if not ctx.kept else (
-                torch.mul(delta_k.unsqueeze(-1), A).exp_(), ctx.kept[k])
+            a, states = ctx.kept[k] if ctx.kept else _chunk_states(u_k, delta_k, A, B_k, starts[k])
             dC[sl] = (g.flatten(0, 1).unsqueeze(1) @ states.flatten(0, 1)).view(C_k.shape)
             dH = g.unsqueeze(-1) * C_k.unsqueeze(2)  # [T, B, d_inner, d_state], the direct terms
             dH[-1] += carry
@@ -161,7 +161,7 @@ def selective_scan(
     and the state is carried token by token with one fused multiply-add each. With `checkpoint_chunks` the backward
     recomputes each chunk's states from the state saved at its start, so only one chunk's [chunk, B, d_inner,
     d_state] intermediates are alive at a time: this is what keeps a 20,000-step DM-H context inside a few GiB on
-    CPU. Without it the forward keeps every state (memory O(L * d_inner * d_state), no recomputation).
+    CPU. Without it the forward keeps every decay and state (memory O(L * d_inner * d_state), no recomputation).
     """
     batch, _, d_inner = u.shape
     h = u.new_zeros(batch, d_inner, A.shape[1]) if h0 is None else h0
