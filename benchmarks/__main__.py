@@ -4,6 +4,7 @@
     python -m benchmarks --quick              # small contexts, few repetitions: a couple of minutes
     python -m benchmarks --only online        # one part: online | offline | scan | data | sweep
     python -m benchmarks --out DIR            # where the results go (default /tmp/dmh-benchmarks)
+    python -m benchmarks --only online --device cuda   # the online part's models and inputs on a GPU
 
 Run it on an otherwise idle machine: other processes on the same cores inflate every number, and the ratios less
 than the absolute times only if both sides suffer alike.
@@ -12,6 +13,7 @@ than the absolute times only if both sides suffer alike.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import time
@@ -21,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from benchmarks import data, offline, online, scan, sweep
+from benchmarks import common, data, offline, online, scan, sweep
 from benchmarks.common import Row, machine_info, write_results
 
 PARTS: dict[str, ModuleType] = {"online": online, "offline": offline, "scan": scan, "data": data, "sweep": sweep}
@@ -34,17 +36,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=list(PARTS), help="run one part")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda or cuda:N: where the online part's models and inputs live (the "
+                             "other parts run on the CPU)")
     parser.add_argument("--synthetic-only", action="store_true",
                         help="offline: skip the cpu preset's Trainer updates (they need the Darkroom learning "
                              "histories, 1-2 minutes to generate the first time)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA GPU here")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    common.DEVICE = torch.device(args.device)
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
-    header = {**machine_info(args.threads), "mode": "quick" if args.quick else "full", "command": command}
+    header = {**machine_info(args.threads), "mode": "quick" if args.quick else "full", "command": command,
+              "online_device": args.device if args.device == "cpu" else
+              f"{args.device} ({torch.cuda.get_device_name(common.DEVICE)})"}
     print("  ".join(f"{k}: {v}" for k, v in header.items()), flush=True)
     rows: list[Row] = []
     start = time.perf_counter()

@@ -125,15 +125,24 @@ def ratio_rows(rows: list[Row], pairs: Iterable[tuple[str, str]], metric: str,
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a timer read before they finish times their
+    launch only. Nothing to wait for where CUDA was never started."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_seconds(fn: Callable[[], object], repetitions: int, warmup: int = 1) -> float:
     """Median wall time of `fn()` over `repetitions` calls after `warmup` untimed ones (first calls pay for lazy
-    allocation and kernel selection)."""
+    allocation and kernel selection), each call's GPU work included."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repetitions):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -200,6 +209,12 @@ SEPARATE = "AD (Transformer, separate tokens)"  # AD with (s, a, r) as three tok
 SEPARATE_REENCODING = "AD (Transformer, separate tokens, re-encoding)"
 HOP = AD_WINDOW // 4  # steps the hopping KV cache drops at once (ADConfig.window_hop): a quarter of the window
 KV_HOP = "AD (Transformer, KV cache, hop 1/4 window)"  # a full window drops a quarter of itself at once
+DEVICE = torch.device("cpu")  # where the online part's models (and so their inputs) live: `--device`, set by __main__
+
+
+def on_device(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` on DEVICE (read when called, so the runner's `--device` applies)."""
+    return model.to(DEVICE)
 
 
 def paper_config(algo: str, dropout: float = 0.0, context_len: int | None = None, **fields: Any) -> ModelConfig:

@@ -33,6 +33,7 @@ from benchmarks.common import (
     format_table,
     median_seconds,
     number,
+    on_device,
     paper_config,
     ratio_label,
     ratio_of,
@@ -86,12 +87,13 @@ class Rollout:
     POOL = 256  # distinct random observations and rewards, cycled: drawing fresh ones would time the generator
 
     def __init__(self, policy: Policy, batch_size: int, episode_len: int = EPISODE_LEN, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
+        g, d = torch.Generator().manual_seed(seed), policy.device  # inputs drawn on the CPU, kept where the model is
         self.policy, self.episode_len = policy, episode_len
-        self.obs = torch.randn(self.POOL, batch_size, OBS_DIM, generator=g)  # [pool, B, obs_dim]
-        self.rewards = torch.rand(self.POOL, batch_size, generator=g)  # [pool, B]
-        self.timesteps = torch.arange(episode_len)[:, None].repeat(1, batch_size)  # [T, B]
-        self.done = (torch.zeros(batch_size, dtype=torch.bool), torch.ones(batch_size, dtype=torch.bool))
+        self.obs = torch.randn(self.POOL, batch_size, OBS_DIM, generator=g).to(d)  # [pool, B, obs_dim]
+        self.rewards = torch.rand(self.POOL, batch_size, generator=g).to(d)  # [pool, B]
+        self.timesteps = torch.arange(episode_len, device=d)[:, None].repeat(1, batch_size)  # [T, B]
+        self.done = (torch.zeros(batch_size, dtype=torch.bool, device=d), torch.ones(batch_size, dtype=torch.bool,
+                                                                                     device=d))
         self.steps = 0  # steps played since reset: the context the policy holds
         policy.reset()
 
@@ -122,12 +124,13 @@ class ReencodingAD(Policy):
         super().__init__(model, batch_size)
         self.window = model.cfg.context_len
         b = batch_size
+        d = self.device
         self.history = dict(
-            obs=torch.zeros(b, capacity, OBS_DIM),
-            actions=torch.zeros(b, capacity, ACT_DIM),
-            rewards=torch.zeros(b, capacity),
-            episode_start=torch.zeros(b, capacity, dtype=torch.bool),
-            timesteps=torch.zeros(b, capacity, dtype=torch.long),
+            obs=torch.zeros(b, capacity, OBS_DIM, device=d),
+            actions=torch.zeros(b, capacity, ACT_DIM, device=d),
+            rewards=torch.zeros(b, capacity, device=d),
+            episode_start=torch.zeros(b, capacity, dtype=torch.bool, device=d),
+            timesteps=torch.zeros(b, capacity, dtype=torch.long, device=d),
         )  # every step since reset, [B, capacity, ...]; the model shifts actions and rewards itself
         self.reset()
 
@@ -165,7 +168,7 @@ class ReencodingAD(Policy):
 def build(algo: str, context_len: int | None = None, **fields: object) -> nn.Module:
     """The paper-sized `algo` in eval mode, the same weights every time (seeded)."""
     torch.manual_seed(0)
-    return build_model(algo, paper_config(algo, context_len=context_len, **fields)).eval()
+    return on_device(build_model(algo, paper_config(algo, context_len=context_len, **fields))).eval()
 
 
 def policy_of(model: nn.Module, batch_size: int) -> Policy:

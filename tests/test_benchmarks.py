@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("part", "model", "context", "batch", "metric", "value", "unit", "repetitions", "note")  # docs/benchmarks.md
@@ -66,3 +67,34 @@ def test_quick_sweep_writes_the_smoke_sweeps_overhead_and_cpu_utilisation(tmp_pa
         "sweep_wall_s": "s", "trials": "trials", "trial_s": "s", "scheduling_s_per_trial": "s", "cpu_s": "s",
         "cpu_utilisation": "%"}
     assert next(float(r["value"]) for r in rows if r["metric"] == "trials") == 2  # the smoke grid: c = 1 and 5
+
+
+def test_the_runner_takes_a_device_for_the_online_part_and_refuses_one_it_cannot_use(capsys) -> None:
+    from benchmarks.__main__ import parse_args
+
+    assert parse_args([]).device == "cpu"
+    for device, message in [("gpu", "--device must be cpu, cuda or cuda:N"),
+                            *([("cuda", "torch sees no CUDA GPU here")] if not torch.cuda.is_available() else [])]:
+        with pytest.raises(SystemExit):
+            parse_args(["--device", device])
+        assert message in capsys.readouterr().err
+
+
+TINY_ONLINE = dict(contexts=(20,), batches=(1,), runs=1, steps_per_run=2, slow_steps=1, reencode_max=20,
+                   hop_contexts={}, separate_batches=(), protocol_episode_len=10, protocol_episodes=2,
+                   protocol_points=2)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_the_online_part_steps_its_models_on_the_chosen_device(device: str, monkeypatch) -> None:
+    from benchmarks import common, online
+
+    monkeypatch.setattr(common, "DEVICE", torch.device(device))
+    s = online.OnlineSettings(**TINY_ONLINE)
+    model = online.build("ad-mamba")
+    assert next(model.parameters()).device.type == device
+    rows = online.stepped_rows("AD (Mamba)", online.policy_of(model, 1), 1, s)
+    rows += online.reencoding_rows(online.build("ad-transformer"), 1, s)
+    rows += online.single_episode_rows("dt", 1, s)
+    assert len(rows) == 3 and all(r.value > 0 for r in rows)

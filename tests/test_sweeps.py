@@ -4,7 +4,6 @@ out-of-memory trial is recorded, not lost; bad arguments fail before Ray starts;
 
 import importlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from servers_testkit import descendants, free_port, listening_sockets
 
 from dmh.vocabulary import Tag
 from sweeps import common
@@ -58,34 +58,6 @@ def parent_runs(workdir, experiment):
     found = client.get_experiment_by_name(experiment)
     runs = [] if found is None else client.search_runs([found.experiment_id], max_results=1000)
     return [r for r in runs if r.data.tags.get(Tag.SWEEP_PARENT) == "true"]
-
-
-def descendants(root):
-    """``root`` and every process below it, from /proc (Ray's workers are children of its raylet)."""
-    parent = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        parent[int(stat.parent.name)] = int(fields[1])
-    tree, frontier = {root}, [root]
-    while frontier:
-        children = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
-        tree.update(children)
-        frontier = children
-    return tree
-
-
-def listening_sockets(pids):
-    """(process name, local ip) of every listening TCP socket and bound UDP socket of ``pids``, from ``ss``."""
-    found = []
-    for line in subprocess.run(["ss", "-lntupH"], capture_output=True, text=True, check=True).stdout.splitlines():
-        owners = {int(pid): name for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line)}
-        if owners.keys() & pids:
-            ip = line.split()[4].rsplit(":", 1)[0].strip("[]")
-            found += [(name, ip) for pid, name in owners.items() if pid in pids]
-    return found
 
 
 def assert_ray_listens_only_on_loopback():
@@ -203,14 +175,6 @@ def test_a_sigkilled_trial_worker_is_retried_from_its_checkpoint_in_the_same_run
     continued = next(r for r in runs if r.info.run_id == victim.info.run_id)  # the same run, not a new one
     assert continued.data.tags["worker_pid"] != victim.data.tags["worker_pid"]
     assert max(m.step for m in client.get_metric_history(continued.info.run_id, "train/loss")) == 40
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -332,6 +296,7 @@ class FakeSession(common.TrialSession):
 
     trial_id = "fake_00000"
     cluster = "none"
+    gpu_ids = None  # outside Ray: the trial leaves CUDA_VISIBLE_DEVICES alone (even where a test session runs Ray)
 
     def __init__(self):
         self.reports = []
@@ -341,6 +306,77 @@ class FakeSession(common.TrialSession):
 
     def report(self, metrics, checkpoint=None):
         self.reports.append(metrics)
+
+
+class NoGpuSession(FakeSession):
+    gpu_ids = ()  # what Ray reports inside a trial that reserved no GPU (an empty list)
+
+
+class OneGpuSession(FakeSession):
+    gpu_ids = ("1",)
+
+
+@pytest.mark.parametrize(("session", "visible"), [(NoGpuSession, ""), (OneGpuSession, "0,1"), (FakeSession, "0,1")])
+def test_a_trial_that_reserved_no_gpu_sees_none_before_it_trains(workdir, monkeypatch, session, visible):
+    """Ray 2.60 leaves every GPU visible to a trial that reserved none: device=auto would train it on GPU 0, outside
+    Ray's accounting. Ray sets CUDA_VISIBLE_DEVICES itself for a trial that reserved GPUs; outside Ray, nothing."""
+    from dmh.sweep import trial as trial_module
+
+    class SeenError(Exception):
+        pass
+
+    def train_run(cfg, **kwargs):
+        seen.append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        raise SeenError
+
+    seen = []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(trial_module, "train_run", train_run)
+    script = importlib.import_module("sweeps.grid_world")
+    config = common.plan(script.SWEEP, common.build_parser(script.SWEEP).parse_args(["--preset", "smoke"])).trials[0]
+    with pytest.raises(SeenError):
+        common.run_trial(config, session())
+    assert seen == [visible]
+
+
+def test_inside_ray_a_trial_knows_which_gpus_it_reserved(ray_session):
+    @ray_session.remote(num_cpus=1, num_gpus=0)
+    def reserved():
+        return common.TrialSession().gpu_ids
+
+    assert ray_session.get(reserved.remote()) == []
+
+
+@pytest.mark.parametrize(("argv", "gpus"), [
+    (["--preset", "paper"], 1.0),
+    (["--preset", "paper", "--set", "device=cpu"], 0.0),
+    (["--preset", "paper", "--gpus-per-trial", "0.25"], 0.25),
+    (["--preset", "paper", "--gpus-per-trial", "0"], 0.0),
+    (["--preset", "smoke"], 0.0),
+    (["--preset", "cpu", "--gpus-per-trial", "1"], 1.0),
+])
+def test_paper_trials_reserve_a_gpu_unless_told_otherwise_or_pinned_to_the_cpu(workdir, monkeypatch, argv, gpus):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)  # no Ray import: nothing is run here
+    script = importlib.import_module("sweeps.grid_world")
+    args = common.build_parser(script.SWEEP).parse_args([*argv, "--seeds", "1"])
+    assert common.plan(script.SWEEP, args).resources == {"cpu": 1.0, "gpu": gpus}
+
+
+def test_a_sweep_whose_trials_reserve_gpus_says_so_when_the_cluster_has_none(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from dmh.sweep import tuner
+
+    plan = SimpleNamespace(sweep=SimpleNamespace(name="grid_world"), resources={"cpu": 1.0, "gpu": 1.0})
+    monkeypatch.setattr(tuner.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(tuner.ray, "cluster_resources", lambda: {"CPU": 4.0})
+    tuner.warn_if_no_gpus(plan)
+    assert "every trial reserves 1 GPU but the Ray cluster has none" in capsys.readouterr().err
+    monkeypatch.setattr(tuner.ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": 8.0})
+    tuner.warn_if_no_gpus(plan)
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(("argv", "message"), [

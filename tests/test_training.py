@@ -6,18 +6,21 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from dmh.cli import main
 from dmh.errors import DmhError
-from dmh.training.checkpoint import load_checkpoint
-from dmh.training.config import make_config
+from dmh.training.checkpoint import load_checkpoint, restore_rng, rng_state
+from dmh.training.config import make_config, torch_device
+from dmh.training.contexts import to_device
 from dmh.training.run import train_run
 from dmh.training.train import Trainer
 
 ALGOS = ["dmh", "dm", "dt", "ad-transformer", "ad-mamba"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def smoke(algo="dmh", task="darkroom", **sets):
@@ -51,12 +54,92 @@ def test_a_checkpoint_made_on_one_device_resumes_on_another_and_auto_picks_this_
     assert resumed.fit().steps == 4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
+@needs_cuda
 @pytest.mark.parametrize("algo", ALGOS)
 def test_training_on_cuda_keeps_the_model_and_its_batches_on_the_gpu(workdir, algo):
     trainer = Trainer(smoke(algo, steps=2, device="cuda"))
     result = trainer.fit()
     assert next(trainer.model.parameters()).is_cuda and result.evaluation.returns.shape[0] > 0
+
+
+def test_the_random_streams_of_a_cuda_run_include_its_devices_and_those_of_a_cpu_run_do_not(monkeypatch):
+    """Training on a GPU draws dropout masks, DM-H's z and block choices from the GPU's generator: a checkpoint that
+    left it out would resume with the stream of step 0. torch.cuda is faked here (this test runs without a GPU)."""
+    saved, restored = torch.tensor([7, 8], dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved if device.type == "cuda" else None)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    sampler, gpu = np.random.default_rng(0), torch.device("cuda", 1)
+    state = rng_state(sampler, gpu)
+    assert torch.equal(state["cuda"], saved)
+    restore_rng(state, sampler, gpu)
+    assert len(restored) == 1 and torch.equal(restored[0][0], saved) and restored[0][1] == gpu
+    assert "cuda" not in rng_state(sampler, torch.device("cpu"))
+    restore_rng(state, sampler, torch.device("cpu"))  # a GPU checkpoint resumed on a CPU: its CUDA stream unused
+    restore_rng(rng_state(sampler, torch.device("cpu")), sampler, gpu)  # a CPU checkpoint resumed on a GPU
+    assert len(restored) == 1
+
+
+def test_a_batch_for_the_cpu_is_moved_without_pinning_memory(monkeypatch):
+    def refuse(self):
+        raise AssertionError("pinned memory is for copies to a GPU (and fails on a CPU-only torch)")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", refuse)
+    batch = {"obs": torch.randn(2, 3), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    moved = to_device(batch, torch.device("cpu"))
+    assert all(torch.equal(moved[k], batch[k]) for k in batch)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_a_batch_goes_to_the_gpu_through_pinned_memory_unchanged(monkeypatch):
+    pinned = []
+    real_pin = torch.Tensor.pin_memory
+
+    def pin(self):
+        pinned.append(self.shape)
+        return real_pin(self)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    batch = {"obs": torch.randn(2, 3), "actions": torch.arange(6).view(2, 3), "mask": torch.ones(2, 3).bool()}
+    moved = to_device(batch, torch.device("cuda"))
+    assert len(pinned) == len(batch)
+    for key, value in batch.items():
+        assert moved[key].is_cuda and moved[key].dtype == value.dtype and torch.equal(moved[key].cpu(), value)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("algo", ["dmh", "ad-transformer"])
+def test_a_cuda_run_resumed_from_its_checkpoint_continues_its_gpu_random_stream(workdir, algo):
+    """The GPU generator ends where the uninterrupted run's ends (the same draws in the same order); the
+    parameters are not compared bitwise because some CUDA backward kernels are not deterministic."""
+    settings = dict(steps=6, checkpoint_every=2, device="cuda", **{"model.dropout": 0.1})
+    Trainer(smoke(algo, run_dir="a", **settings)).fit()
+    straight = torch.cuda.get_rng_state()
+    assert Trainer(smoke(algo, run_dir="b", **settings)).fit(stop_after=3) is None
+    resumed = Trainer(smoke(algo, run_dir="b", **settings))
+    assert resumed.resume_if_possible() and "cuda" in load_checkpoint(resumed.checkpoint_path)["rng"]
+    resumed.fit()
+    assert torch.equal(torch.cuda.get_rng_state(), straight)
+
+
+def test_a_gpu_number_the_machine_does_not_have_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert torch_device("cuda:0") == torch.device("cuda", 0) and torch_device("auto").type == "cuda"
+    with pytest.raises(DmhError, match="device cuda:1: torch sees 1 GPU"):
+        torch_device("cuda:1")
+
+
+def test_a_run_records_the_device_it_trains_on_not_the_machines_first_gpu(workdir, monkeypatch):
+    import dmh.tracking.run as tracked
+
+    real_tags = tracked.run_tags
+    monkeypatch.setattr(tracked, "run_tags", lambda device=None: {**real_tags(device), "device": "cuda:0 (a GPU)"})
+    result = train_run(smoke(steps=1, device="cpu"))
+    run = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_run(result.run_id)
+    assert run.data.tags["device"] == "cpu"
 
 
 def test_same_seed_gives_identical_losses_and_returns_and_another_seed_differs(workdir):

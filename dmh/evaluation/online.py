@@ -36,7 +36,10 @@ class EvalResult:
 
 
 def choose_actions(out: torch.Tensor, discrete: bool, sample: bool, generator: torch.Generator) -> torch.Tensor:
-    """Policy outputs [B, act_dim] → actions: sampled or argmax for logits, the (tanh-bounded) mean otherwise."""
+    """Policy outputs [B, act_dim] on any device → actions on the CPU, where the environments take them (``.numpy()``
+    refuses a CUDA tensor): sampled (with the CPU ``generator``, so a seed draws the same actions from the same
+    outputs on every device) or argmax for logits, the (tanh-bounded) mean otherwise."""
+    out = out.cpu()  # one small copy per step: [B, act_dim]
     if not discrete:
         return out
     if sample:

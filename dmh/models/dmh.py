@@ -127,7 +127,8 @@ class DecisionMambaHybrid(nn.Module):
         """z [..., z_dim]: the mean, or a reparameterised sample (gradients flow into mean and log-variance)."""
         if mode == "mean":
             return mean
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        where = mean.device if generator is None else generator.device  # a CPU generator cannot draw on CUDA
+        eps = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
         return mean + torch.exp(0.5 * logvar) * eps
 
     def subgoals(self, batch: dict[str, torch.Tensor], layout: BlockLayout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ Both backends share one recurrent `step` (pure PyTorch, any device; conv state `
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 Backend = Literal["auto", "cuda", "torch"]
 
 
+@functools.cache  # asked on every forward of every block; a failed import is not cached by Python and would rerun
 def mamba_ssm_available() -> bool:
     """True when `mamba_ssm`'s CUDA selective scan imports (never on CPU-only machines)."""
     try:

@@ -16,7 +16,7 @@ import pyarrow.fs
 
 from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 from dmh.errors import DmhError
-from dmh.sweep.declare import DEFAULT_SEEDS, PRESETS, Sweep, SweepError
+from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, PRESETS, Sweep, SweepError
 from dmh.tracking import check_store, default_tracking_uri
 from dmh.training.config import make_config, parse_sets
 from dmh.vocabulary import D4RL_TASKS
@@ -43,7 +43,9 @@ def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
                         help="Ray cluster to join; default $RAY_ADDRESS, else a running cluster on this machine, else "
                              "Ray in-process on 127.0.0.1; 'local' always starts Ray in-process")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also torch threads)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions share a GPU")
+    parser.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="GPUs per trial; fractions share a GPU (default: 1 with --preset paper unless every trial "
+                             "is set to device=cpu, else 0; a trial without a GPU sees none and trains on the CPU)")
     parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
     parser.add_argument("--max-failures", type=int, default=3,
                         help="retries of a failed trial, each from its last checkpoint")
@@ -91,8 +93,9 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         raise SweepError(f"--seeds must be a positive integer, got {args.seeds}")
     if args.cpus_per_trial <= 0:
         raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
-    if args.gpus_per_trial < 0:
-        raise SweepError(f"--gpus-per-trial must be non-negative, got {args.gpus_per_trial}")
+    gpus = DEFAULT_GPUS[args.preset] if args.gpus_per_trial is None else args.gpus_per_trial
+    if gpus < 0:
+        raise SweepError(f"--gpus-per-trial must be non-negative, got {gpus}")
     if args.max_failures < 0 or args.max_concurrent < 0:
         raise SweepError("--max-failures and --max-concurrent must be non-negative")
     experiment = args.experiment or sweep.name
@@ -101,7 +104,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
     storage = check_storage(args.storage)
     name = args.name or f"{sweep.name}_{args.preset}"
     shared = dict(sweep=sweep, storage=storage, name=name, resume=args.resume,
-                  resources={"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial},
+                  resources={"cpu": args.cpus_per_trial, "gpu": gpus},
                   max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                   ray_address=args.ray_address, experiment=experiment, tracking_uri=tracking_uri)
     path = f"{storage.rstrip('/')}/{name}"
@@ -129,6 +132,8 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
             raise SweepError(f"cell {cell.algo} / {cell.task} / seed {cell.seed} {cell.sets}: {exc}") from None
         configs.append(cfg)
     check_d4rl_data({cfg.task for cfg in configs if cfg.dataset_path is None}, env.get("D4RL_DATASET_DIR"))
+    if args.gpus_per_trial is None and all(cfg.device == "cpu" for cfg in configs):
+        shared["resources"] = {"cpu": args.cpus_per_trial, "gpu": 0.0}  # trials pinned to the CPU need no GPU
     if sweep_exists(path):
         raise SweepError(f"a sweep already exists at {path}: pass --resume to continue it, or choose another --name "
                          "or --storage")

@@ -50,6 +50,11 @@ class TrialSession:
         """The Ray node id of the worker running the trial (which machine a run came from); "none" outside Ray."""
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "none"
 
+    @property
+    def gpu_ids(self) -> list[str] | None:
+        """The GPUs Ray reserved for the trial (empty: none); None outside Ray."""
+        return [str(i) for i in ray.get_gpu_ids()] if ray.is_initialized() else None
+
     def restore(self, into: Path) -> Path | None:
         """Copy the trial's last reported checkpoint file into ``into``; None on a first start."""
         checkpoint = tune.get_checkpoint()
@@ -83,9 +88,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, oom_types) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
+def hide_unreserved_gpus(gpu_ids: list[str] | None) -> None:
+    """A trial that reserved no GPU sees none, so ``device=auto`` trains it on the CPU. Ray used to hide the GPUs
+    from such a trial itself (``CUDA_VISIBLE_DEVICES=""``); releases where ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO`` is off
+    by default (2.60 among them) leave every GPU visible, and every such trial would train on GPU 0, outside Ray's
+    accounting. Set before anything in the trial starts CUDA, as Ray sets it for a trial that reserved GPUs."""
+    if gpu_ids is not None and not gpu_ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 def run_trial(config: dict[str, Any], session: TrialSession, parent_run_id: str | None = None) -> None:
     """Train one cell (a ``Plan.trials`` entry), reporting each checkpoint to Tune; a restarted trial continues its
     checkpoint and MLflow run. With ``parent_run_id`` the run is nested under the sweep's parent run."""
+    hide_unreserved_gpus(session.gpu_ids)
     os.environ.update(config["env"])  # e.g. D4RL_DATASET_DIR, for trials on workers that did not inherit it
     cfg = config_from_dict(config["config"])
     uri, trial_id = config["tracking_uri"], session.trial_id

@@ -61,6 +61,7 @@ def run(plan: Plan, param_space: dict[str, Any] | None = None, tune_config: Any 
     finished = False
     try:
         started = connect(plan.ray_address)
+        warn_if_no_gpus(plan)
         previous_sigterm = forward_sigterm_as_sigint()
         try:
             started_at = time.perf_counter()
@@ -84,6 +85,14 @@ def run(plan: Plan, param_space: dict[str, Any] | None = None, tune_config: Any 
               file=sys.stderr)
         return EXIT_INCOMPLETE
     return 0
+
+
+def warn_if_no_gpus(plan: Plan) -> None:
+    """Trials that reserve GPUs wait until the cluster has them: where it has none (yet: an autoscaler may add GPU
+    nodes), say so instead of waiting in silence."""
+    if plan.resources.get("gpu") and ray.is_initialized() and not ray.cluster_resources().get("GPU"):
+        print(f"{plan.sweep.name}: every trial reserves {plan.resources['gpu']:g} GPU but the Ray cluster has none "
+              "(yet): trials wait for GPU nodes; pass --gpus-per-trial 0 to train on CPUs", file=sys.stderr)
 
 
 def forward_sigterm_as_sigint() -> Any:

@@ -22,19 +22,27 @@ from dmh.vocabulary import RUNTIME_FIELDS
 CHECKPOINT_FORMAT = 2  # 2: DM-H's model config names the block size c (format 1 called it block_size)
 
 
-def rng_state(sampler_rng: np.random.Generator) -> dict[str, Any]:
-    """Every random stream training draws from, as plain types and tensors (loadable with weights_only)."""
+def rng_state(sampler_rng: np.random.Generator, device: torch.device | None = None) -> dict[str, Any]:
+    """Every random stream training draws from, as plain types and tensors (loadable with weights_only). Training on
+    a CUDA ``device`` also draws from that device's generator (dropout, DM-H's block choice and z samples)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
-            "sampler": sampler_rng.bit_generator.state, "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+             "sampler": sampler_rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)  # a CPU tensor, like the others
+    return state
 
 
-def restore_rng(state: dict[str, Any], sampler_rng: np.random.Generator) -> None:
+def restore_rng(state: dict[str, Any], sampler_rng: np.random.Generator, device: torch.device | None = None) -> None:
+    """Back to ``state``; a CUDA ``device`` gets the saved CUDA stream if there is one (a checkpoint made on a GPU,
+    resumed on any GPU; one made on a CPU leaves the seeded CUDA stream as it is)."""
     random.setstate(_as_tuple(state["python"]))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     sampler_rng.bit_generator.state = state["sampler"]
     torch.set_rng_state(state["torch"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _as_tuple(x: Any) -> Any:

@@ -330,4 +330,7 @@ def torch_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DmhError(f"device {device}: torch sees no CUDA GPU here (use device=auto or device=cpu)")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():  # else a CUDA error mid-setup
+        raise DmhError(f"device {device}: torch sees {torch.cuda.device_count()} GPU(s) here, numbered from 0")
+    return resolved

@@ -111,3 +111,13 @@ class ContextSampler:
             "mask": torch.from_numpy(mask),
             "rtg": torch.from_numpy(self.rtg[index] * mask),
         }
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A sampled batch on the training device. To a GPU through pinned memory: only a copy from pinned memory is
+    asynchronous (``non_blocking`` from pageable memory is a staged copy the host waits for), so the host goes on
+    queueing the forward while the batch is in flight. Not on a CPU, where pinning has nothing to gain (and fails
+    without CUDA)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}

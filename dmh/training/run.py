@@ -17,7 +17,7 @@ from dmh.errors import DmhError
 from dmh.evaluation.online import EvalResult, evaluate_online
 from dmh.models import scan_backend
 from dmh.tasks import resolve_task
-from dmh.tracking import TrackedRun, default_tracking_uri
+from dmh.tracking import TrackedRun, default_tracking_uri, run_tags
 from dmh.training.checkpoint import load_checkpoint, model_from_checkpoint
 from dmh.training.config import TrainConfig, to_yaml, torch_device, validate
 from dmh.training.train import Trainer, TrainResult, nothing_to_resume, offline_hours_per_10k
@@ -74,8 +74,11 @@ def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None =
     if resume or resume_from is not None:
         trainer.resume_if_possible(resume_from)
     name = trainer.setup.run_name
+    # the device the run trains on (by default the tag names the machine's first GPU, even for a run on its CPU)
+    device = run_tags(str(trainer.device))["device"]
     with TrackedRun(cfg.experiment, run_name=name, params=run_params(trainer), run_id=trainer.run_id,
-                    tags={Tag.TASK: cfg.task, Tag.ALGO: cfg.algo, **(tags or {})}, tracking_uri=tracking_uri) as run:
+                    tags={Tag.TASK: cfg.task, Tag.ALGO: cfg.algo, "device": device, **(tags or {})},
+                    tracking_uri=tracking_uri) as run:
         trainer.tracker = run
         trainer.run_id = run.run_id
         run.log_text(to_yaml(cfg), "config.yaml")

@@ -32,7 +32,7 @@ from dmh.training.checkpoint import (
     save_checkpoint,
 )
 from dmh.training.config import Resolved, TrainConfig, torch_device, validate
-from dmh.training.contexts import ContextSampler, ContextSpec
+from dmh.training.contexts import ContextSampler, ContextSpec, to_device
 from dmh.vocabulary import Metric
 
 log = logging.getLogger("dmh")
@@ -119,7 +119,7 @@ class Trainer:
         self.run_dir = self.checkpoint_path.parent
         self.run_id: str | None = None
         self.last_loss = math.nan
-        self.rng = rng_state(self.sampler.rng)  # the random streams fit() starts from (a resume replaces them)
+        self.rng = rng_state(self.sampler.rng, self.device)  # the streams fit() starts from (a resume replaces them)
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -130,7 +130,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.sampler.rng),
+            "rng": rng_state(self.sampler.rng, self.device),
             "step": self.step,
             "train_seconds": self.train_seconds,
             "run_id": self.run_id,
@@ -169,7 +169,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------- training
     def train_step(self) -> float:
         self.model.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.sample(self.cfg.batch_size).items()}
+        batch = to_device(self.sampler.sample(self.cfg.batch_size), self.device)
         loss, _ = self.model.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,8 +179,9 @@ class Trainer:
         return float(loss.detach())
 
     def evaluate(self) -> EvalResult:
-        """Online evaluation without touching the training RNG streams (resume stays exact)."""
-        with torch.random.fork_rng():
+        """Online evaluation without touching the training RNG streams (resume stays exact). Only the training
+        device's CUDA stream is forked: forking them all would start a CUDA context on every visible GPU."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             return evaluate_online(self.model, self.spec, self.obs_mean, self.obs_std, n_tasks=self.cfg.eval_tasks,
                                    episodes=self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
                                    sample=self.cfg.eval_sample)
@@ -192,7 +193,7 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> TrainResult | None:
         """Train to ``cfg.steps``; ``stop_after`` stops early after that many updates (to test resume)."""
         cfg = self.cfg
-        restore_rng(self.rng, self.sampler.rng)  # independent of whatever ran in this process before
+        restore_rng(self.rng, self.sampler.rng, self.device)  # independent of whatever ran in this process before
         window: list[float] = []
         timer = time.perf_counter()
         steps = range(self.step, cfg.steps)

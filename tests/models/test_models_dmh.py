@@ -3,6 +3,7 @@ at most 4c tokens, and the valuable-sub-goal branch switch."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from models_testkit import make_batch, policy_outputs, tiny_config
 
@@ -215,3 +216,43 @@ def test_train_blocks_supervises_only_the_sampled_blocks_and_matches_the_full_lo
     one.gpt.register_forward_hook(lambda mod, inp, out: decoded.append(inp[0].shape[0]))
     one.loss(batch)
     assert decoded == [2]  # one local sequence per context
+
+
+def test_a_sampled_z_is_drawn_where_its_generator_lives_and_returned_where_the_model_is(monkeypatch) -> None:
+    """A CPU generator cannot draw on CUDA ("Expected a 'cuda' device type for generator"): a policy given one for a
+    model on a GPU draws on the CPU and moves the draw. CUDA's rule is enforced here on the CPU, with the meta device
+    standing in for the GPU."""
+    real_randn = torch.randn
+
+    def randn(*args, generator=None, device=None, **kwargs):
+        where = torch.device(device or "cpu")
+        if generator is not None and generator.device.type != where.type:
+            raise RuntimeError(f"Expected a '{where.type}' device type for generator but found "
+                               f"'{generator.device.type}'")
+        return real_randn(*args, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", randn)
+    model = build_model("dmh", tiny_config("dmh", z_eval="sample"))
+    zeros = torch.zeros(2, model.z_dim, device="meta")
+    assert model.draw_z(zeros, zeros, "sample", torch.Generator().manual_seed(0)).device.type == "meta"
+    zeros = torch.zeros(2, model.z_dim)  # log-variance 0: z is the generator's standard normal draw itself
+    expected = real_randn(2, model.z_dim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.draw_z(zeros, zeros, "sample", torch.Generator().manual_seed(0)), expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_policy_on_cuda_samples_its_z_with_a_cpu_generator_as_on_the_cpu() -> None:
+    cfg = tiny_config("dmh", c=3, z_eval="sample")
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[9]], cfg.obs_dim, cfg.act_dim)
+    zs = {}
+    for device in ("cpu", "cuda"):
+        policy = model.to(device).policy(1, target_return=5.0, generator=torch.Generator().manual_seed(0))
+        zs[device] = []
+        for t in range(9):
+            policy.act(batch["obs"][:, t], batch["timesteps"][:, t])
+            zs[device].append(policy.z.cpu())
+            policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
+    for on_cpu, on_cuda in zip(zs["cpu"], zs["cuda"], strict=True):
+        torch.testing.assert_close(on_cuda, on_cpu, atol=1e-5, rtol=1e-4)

@@ -134,6 +134,32 @@ def test_cuda_backend_without_mamba_ssm_fails_with_a_clear_error() -> None:
         Mamba(16, backend="cuda")
 
 
+def test_whether_mamba_ssm_imports_is_asked_of_the_import_system_once_per_process(monkeypatch) -> None:
+    """``auto`` asks on every forward of every block on a GPU; Python does not remember a failed import, so without a
+    cache each forward would search for mamba_ssm again (or rerun its ``__init__`` where its CUDA extension is
+    broken)."""
+    import sys
+
+    class CountingFinder:
+        searches = 0
+
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "mamba_ssm":
+                CountingFinder.searches += 1
+            return None
+
+    forget = getattr(mamba_module.mamba_ssm_available, "cache_clear", lambda: None)
+    forget()
+    monkeypatch.setattr(sys, "meta_path", [CountingFinder(), *sys.meta_path])
+    try:
+        first = mamba_module.mamba_ssm_available()
+        searched = CountingFinder.searches
+        assert all(mamba_module.mamba_ssm_available() == first for _ in range(4))
+    finally:
+        forget()
+    assert CountingFinder.searches == searched  # the later calls searched nothing
+
+
 def test_auto_backend_on_cpu_runs_the_torch_scan_and_logs_it(caplog) -> None:
     block = Mamba(16, d_state=4, backend="auto")
     with caplog.at_level(logging.INFO, logger="dmh.models.mamba"):

@@ -1,0 +1,100 @@
+"""Online evaluation hands actions to the environments on the CPU whatever device the model is on: a CUDA tensor's
+``.numpy()`` fails, and so does sampling it with a CPU ``torch.Generator``. On a CPU-only machine ``OnGpu`` stands in
+for a CUDA tensor (it refuses both, as CUDA does); the tests marked ``cuda`` run the real thing on a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dmh.evaluation.online import choose_actions, evaluate_online
+from dmh.training.config import make_config
+from dmh.training.train import Trainer
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class OnGpu(torch.Tensor):
+    """A CPU tensor that behaves like a CUDA one where evaluation once relied on the CPU: ``.numpy()`` and sampling
+    with a CPU generator raise CUDA's errors; ``.cpu()`` gives a plain CPU tensor back. Results of other operations
+    stay ``OnGpu``, as results of operations on CUDA tensors stay on CUDA."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            "to host memory first.")
+        generator = kwargs.get("generator")
+        if func is torch.multinomial and generator is not None and generator.device.type == "cpu":
+            raise RuntimeError("Expected a 'cuda' device type for generator but found 'cpu'")
+        if func is torch.Tensor.cpu:
+            return args[0].as_subclass(torch.Tensor).clone()
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_the_stand_in_refuses_what_a_cuda_tensor_refuses() -> None:
+    x = torch.zeros(2, 3).as_subclass(OnGpu)
+    with pytest.raises(TypeError, match="cuda"):
+        x.numpy()
+    with pytest.raises(RuntimeError, match="generator"):
+        torch.multinomial(torch.softmax(x, -1), 1, generator=torch.Generator())
+    assert type(x.cpu()) is torch.Tensor
+
+
+@pytest.mark.parametrize(("discrete", "sample"), [(True, True), (True, False), (False, False)])
+def test_actions_from_outputs_on_a_gpu_come_back_as_the_same_actions_on_the_cpu(discrete, sample) -> None:
+    out = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    on_cpu = choose_actions(out, discrete, sample, torch.Generator().manual_seed(0))
+    on_gpu = choose_actions(out.clone().as_subclass(OnGpu), discrete, sample, torch.Generator().manual_seed(0))
+    assert type(on_gpu) is torch.Tensor and on_gpu.device.type == "cpu"
+    np.testing.assert_array_equal(on_gpu.numpy(), on_cpu.numpy())  # the CPU generator draws the same actions
+
+
+class OutputsOnGpu:
+    """A policy whose outputs come back like a CUDA model's (``OnGpu``); everything else is the wrapped policy's."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def act(self, obs, timestep):
+        return self.policy.act(obs, timestep).as_subclass(OnGpu)
+
+    def observe(self, action, reward, done) -> None:
+        assert type(action) is torch.Tensor  # what the environment was given, fed back: on the CPU
+        self.policy.observe(action, reward, done)
+
+
+@pytest.mark.parametrize("algo", ["dmh", "ad-transformer"])
+def test_online_evaluation_of_a_model_whose_outputs_live_on_a_gpu_plays_the_same_episodes(workdir, algo,
+                                                                                           monkeypatch) -> None:
+    trainer = Trainer(make_config(algo, "darkroom", "smoke", sets=["steps=1"]))
+    expected = trainer.evaluate().returns
+    real_policy = trainer.model.policy
+    monkeypatch.setattr(trainer.model, "policy", lambda *args, **kwargs: OutputsOnGpu(real_policy(*args, **kwargs)))
+    np.testing.assert_array_equal(trainer.evaluate().returns, expected)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize(("discrete", "sample"), [(True, True), (True, False), (False, False)])
+def test_actions_from_cuda_outputs_are_numpy_ready_and_sampled_with_the_cpu_generator(discrete, sample) -> None:
+    out = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    expected = choose_actions(out, discrete, sample, torch.Generator().manual_seed(0))
+    got = choose_actions(out.cuda(), discrete, sample, torch.Generator().manual_seed(0))
+    assert got.device.type == "cpu"
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("algo", ["dmh", "dm", "dt", "ad-transformer", "ad-mamba"])
+def test_a_model_on_cuda_evaluates_online(workdir, algo) -> None:
+    trainer = Trainer(make_config(algo, "darkroom", "smoke", sets=["steps=1", "device=cuda"]))
+    assert next(trainer.model.parameters()).is_cuda
+    result = evaluate_online(trainer.model, trainer.spec, trainer.obs_mean, trainer.obs_std, n_tasks=2, episodes=2)
+    assert result.returns.shape == (2, 2) and np.isfinite(result.returns).all()
