@@ -7,21 +7,14 @@ When training ends the run must be FINISHED, with every logged value exactly onc
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from servers_testkit import MlflowServer, free_port
 
 from dmh.training.config import make_config
 from dmh.training.run import train_run
@@ -33,61 +26,10 @@ STEPS = 30
 RESTART_AFTER_S = 3.0  # how long the server stays down before it is started again (it then takes ~7 s to be ready)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``mlflow server`` on 127.0.0.1:``port`` over one SQLite backend and artifacts folder, startable again."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.log = folder / "server.log"
-
-    def start(self) -> None:
-        mlflow_cli = Path(sys.executable).with_name("mlflow")
-        command = [str(mlflow_cli)] if mlflow_cli.exists() else [sys.executable, "-m", "mlflow"]
-        command += ["server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-                    "--artifacts-destination", str(self.folder / "artifacts"),
-                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        with self.log.open("a") as handle:
-            # Its own session: the server forks a uvicorn worker, and the group holds both and nothing else.
-            self.proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=self.folder,
-                                         start_new_session=True)
-
-    def wait_healthy(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            with (contextlib.suppress(urllib.error.URLError, OSError),
-                  urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response):
-                if response.status == 200:
-                    return
-            time.sleep(0.3)
-        pytest.fail(f"mlflow server not healthy after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        """SIGTERM to the server's process group (led by its pid), then wait for it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 def test_a_run_whose_server_restarts_mid_training_ends_finished_with_every_metric_once_and_its_artifacts(
         tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("DMH_TRACKING_DEADLINE", "60")  # a server that never comes back fails the test in a minute
-    server = Server(tmp_path, _free_port())
+    server = MlflowServer(tmp_path, free_port())
     restarter: list[threading.Thread] = []
 
     def restart_later() -> None:
