@@ -38,7 +38,10 @@ class DMHConfig(ModelConfig):
     subgoal_loss_weight: float = 0.5  # item 6: weight of the f(s_g) branch's loss (authors' code 0.5; paper silent)
     freeze_subgoal_proj: bool = True  # item 9: f stays at its random init (paper: frozen; code: detached)
     z_train: Literal["sample", "mean"] = "sample"  # item 10: z in training, reparameterised sample (code) or the mean
-    z_eval: Literal["sample", "mean"] = "sample"  # item 10: z online / in eval mode; one draw per block
+    z_eval: Literal["sample", "mean"] = "sample"  # item 10: z online / in eval mode
+    z_draw: Literal["block", "step"] = "block"  # item 10: a sampled z is drawn once per block and held for its c steps
+    # (Eq. 6: one z prefixes every step of a block), or afresh at every step from the block's mean and variance
+    # (the authors' code, in training and online)
     local_context: Literal["block", "sliding"] = "block"  # item 11: online GPT context = the current block (paper,
     # Alg. 1; equals training) or the episode's last c steps with the current z repeated (authors' evaluator)
     local_checkpoint_chunk: int = 128  # local sequences per activation-checkpointed chunk in training (0 = off)
@@ -131,6 +134,14 @@ class DecisionMambaHybrid(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype).to(mean.device)
         return mean + torch.exp(0.5 * logvar) * eps
 
+    def draw_block_z(self, mean: torch.Tensor, logvar: torch.Tensor, mode: str) -> torch.Tensor:
+        """Every block's z from its (mean, log-variance) [B, NB, z_dim]: [B, NB, z_dim], or with `z_draw = "step"`
+        one independent draw per step of the block, [B, NB, c, z_dim]."""
+        if self.cfg.z_draw == "step":
+            c = self.cfg.c
+            mean, logvar = (x[:, :, None].expand(-1, -1, c, -1) for x in (mean, logvar))
+        return self.draw_z(mean, logvar, mode)
+
     def subgoals(self, batch: dict[str, torch.Tensor], layout: BlockLayout) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log-variance) of z for every block, [B, NB, z_dim]: one Mamba pass over all block tokens."""
         rewards = layout.gather(batch["rewards"] * batch["mask"])  # [B, NB, c]
@@ -176,7 +187,8 @@ class DecisionMambaHybrid(nn.Module):
     def local_actions(self, batch: dict[str, torch.Tensor], layout: BlockLayout, *zs: torch.Tensor,
                       blocks: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Run the local GPT on every block's (z, s, a, r) x c sequence, once per sub-goal tensor z [B, NB, z_dim]
-        (the z branch, and the f(s_g) branch in training) -> one prediction [B, L, act_dim] per z.
+        (the z branch, and the f(s_g) branch in training; [B, NB, c, z_dim] gives each step its own z) -> one
+        prediction [B, L, act_dim] per z.
 
         ``blocks`` [B, NB] bool restricts decoding to those blocks (other steps predict 0). Only the decoded blocks'
         steps are embedded, and all branches' local sequences go through the GPT in one call."""
@@ -190,8 +202,8 @@ class DecisionMambaHybrid(nn.Module):
             return x[steps, index]
 
         inputs = [pick(batch[key]) for key in ("obs", "actions", "rewards", "timesteps")]
-        seqs = torch.cat([self.local_tokens(z[rows, cols][:, None].expand(-1, c, -1), *inputs)
-                          for z in zs]).flatten(1, 2)  # [len(zs) * N, 4c, d]
+        per_step = [z[rows, cols] if z.dim() == 4 else z[rows, cols][:, None].expand(-1, c, -1) for z in zs]
+        seqs = torch.cat([self.local_tokens(z, *inputs) for z in per_step]).flatten(1, 2)  # [len(zs) * N, 4c, d]
         h = self._run_gpt(seqs).unflatten(1, (c, k))[:, :, LOCAL_STATE]  # [len(zs) * N, c, d]
         valid = layout.valid[rows, cols]  # [N, c]
         where = (steps[valid], index[valid])
@@ -212,7 +224,7 @@ class DecisionMambaHybrid(nn.Module):
         layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.c)
         mean, logvar = self.subgoals(batch, layout)
         mode = z_mode or (self.cfg.z_train if self.training else self.cfg.z_eval)
-        return self.local_actions(batch, layout, self.draw_z(mean, logvar, mode))[0]
+        return self.local_actions(batch, layout, self.draw_block_z(mean, logvar, mode))[0]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Action loss of the z branch, plus `subgoal_loss_weight` x the f(s_g) branch's (same actions, same steps)."""
@@ -223,7 +235,7 @@ class DecisionMambaHybrid(nn.Module):
         blocks = self.sampled_blocks(layout) if self.training and self.cfg.train_blocks else None
         if blocks is not None:
             mask = mask & blocks.gather(1, layout.step_block.clamp(min=0)) & (layout.step_block >= 0)
-        zs = [self.draw_z(mean, logvar, mode)]
+        zs = [self.draw_block_z(mean, logvar, mode)]
         if self.cfg.valuable_subgoals:
             goal = valuable_subgoal_index(
                 batch["rewards"], batch["episode_start"], batch["mask"], layout.start, self.cfg.subgoal_rule,
@@ -262,8 +274,9 @@ class DMHPolicy(Policy):
     """Mamba state persists across all episodes since `reset()` and advances only at block boundaries (per row);
     the local GPT's KV cache is cleared at every block start, so it never holds more than 4c tokens.
 
-    Per row and block: at the block's first `act`, the Mamba steps [RTG,] s and z is drawn; when the block is full or
-    the episode ends, `observe` steps r_hat, d. The local GPT runs once per environment step: each `act` feeds the
+    Per row and block: at the block's first `act`, the Mamba steps [RTG,] s and z is drawn (with `z_draw = "step"`
+    z is drawn afresh at every `act` from the block's mean and variance); when the block is full or the episode
+    ends, `observe` steps r_hat, d. The local GPT runs once per environment step: each `act` feeds the
     previous step's (a, r) and this step's (z, s) together, the same tokens in the same order as the training
     sequence. A row that starts a block has no previous step in it: its stale (a, r) go to the cache's last two
     slots, which no real token of a block reaches (its last real token, s_{c-1}, sits at 4c - 3) and no real query
@@ -286,6 +299,8 @@ class DMHPolicy(Policy):
         self.mamba_state = m.mamba.init_state(b, self.device)
         self.cache = m.gpt.init_state(b, self.device, unit=len(LOCAL_TOKENS), slides=False)
         self.z = torch.zeros(b, m.z_dim, device=self.device)
+        self.z_mean = torch.zeros(b, m.z_dim, device=self.device)  # the current block's z distribution
+        self.z_logvar = torch.zeros(b, m.z_dim, device=self.device)
         self.pos = torch.zeros(b, dtype=torch.long, device=self.device)  # step within the current block
         self.prev_action = (torch.full((b,), -1, dtype=torch.long, device=self.device) if m.cfg.discrete
                             else torch.zeros(b, m.cfg.act_dim, device=self.device))  # the last observed step's a, r
@@ -325,8 +340,14 @@ class DMHPolicy(Policy):
                 opening = m.block_tokens(obs, self.rtg, blank, blank.bool())[:, : m.state_slot + 1]  # [RTG,] s
                 for i in range(opening.shape[1]):
                     h = m.mamba.step_token(opening[:, i], self.mamba_state, advance=starting)
-            z = m.draw_z(*m.z_distribution(h), self.z_mode, self.generator)
-            self.z = torch.where(starting[:, None], z, self.z)
+            mean, logvar = m.z_distribution(h)
+            self.z_mean = torch.where(starting[:, None], mean, self.z_mean)
+            self.z_logvar = torch.where(starting[:, None], logvar, self.z_logvar)
+            if m.cfg.z_draw == "block":
+                z = m.draw_z(mean, logvar, self.z_mode, self.generator)
+                self.z = torch.where(starting[:, None], z, self.z)
+        if m.cfg.z_draw == "step":  # a fresh draw for every row at every step
+            self.z = m.draw_z(self.z_mean, self.z_logvar, self.z_mode, self.generator)
         if m.cfg.local_context == "sliding":
             return self._act_sliding(obs)
         x = m.step_tokens(self.prev_action, self.prev_reward, self.prev_timestep, self.z, obs, self.timestep)

@@ -99,6 +99,43 @@ def test_sampled_z_is_drawn_once_per_block_and_held_for_its_c_steps() -> None:
     assert not torch.equal(zs[0], zs[3]) and not torch.equal(zs[3], zs[6])
 
 
+def test_per_step_z_is_drawn_afresh_at_every_step_online_from_its_blocks_distribution() -> None:
+    """`z_draw = "step"` (the authors' code): every act draws a new z, while the block's mean and variance stay."""
+    cfg = tiny_config("dmh", c=3, z_eval="sample", z_draw="step")
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[9]], cfg.obs_dim, cfg.act_dim)
+    policy = model.policy(1, target_return=5.0, generator=torch.Generator().manual_seed(0))
+    zs, means = [], []
+    for t in range(9):
+        policy.act(batch["obs"][:, t], batch["timesteps"][:, t])
+        zs.append(policy.z.clone())
+        means.append(policy.z_mean.clone())
+        policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
+    assert all(not torch.equal(zs[t], zs[t + 1]) for t in range(8))
+    for block in range(3):
+        assert all(torch.equal(means[3 * block], means[3 * block + k]) for k in (1, 2))
+
+
+def test_per_step_z_in_training_gives_each_step_of_a_block_its_own_sample_and_trains() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_config("dmh", c=3, z_train="sample", z_draw="step")
+    model = build_model("dmh", cfg).train()
+    batch = make_batch([[6, 5], [11]], cfg.obs_dim, cfg.act_dim)
+    seen = []
+    local_actions = model.local_actions
+
+    def record(batch, layout, *zs, blocks=None):
+        seen.append(zs[0])
+        return local_actions(batch, layout, *zs, blocks=blocks)
+
+    model.local_actions = record
+    loss, _ = model.loss(batch)
+    loss.backward()
+    z = seen[0]  # [B, NB, c, z_dim]: a draw per slot
+    assert z.shape[2] == cfg.c and not torch.allclose(z[:, :, 0], z[:, :, 1])
+    assert model.z_head.weight.grad is not None and model.z_head.weight.grad.abs().sum() > 0
+
+
 def test_valuable_subgoals_off_removes_the_second_branch_and_its_loss() -> None:
     batch = make_batch([[5, 7]], 3, 4)
     for flag, branches in [(True, 2), (False, 1)]:

@@ -8,6 +8,7 @@ import torch
 from models_testkit import ALGOS, SINGLE_EPISODE, make_batch, policy_outputs, tiny_config
 
 from dmh.models import build_model
+from dmh.models.block_layout import block_layout
 
 # Rows end episodes at different steps; DM-H blocks (c = 3) are cut by episode ends into partial blocks.
 ACROSS_EPISODES = [[5, 7, 4, 6], [3, 9, 1, 8], [11, 10]]
@@ -88,6 +89,31 @@ def test_dmh_sampled_z_matches_forward_given_the_same_noise() -> None:
         full = model(batch)
     model.draw_z = original
     torch.testing.assert_close(stepped[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
+
+
+def test_dmh_per_step_z_matches_forward_given_the_same_noise() -> None:
+    """`z_draw = "step"` (the authors' code): one draw per step from its block's distribution, in step order both in
+    the forward (every slot of every block) and online (every act). Full blocks, so both draw the same number."""
+    torch.manual_seed(3)
+    cfg = tiny_config("dmh", z_eval="sample", z_draw="step")  # c = 3
+    model = build_model("dmh", cfg).eval()
+    batch = make_batch([[6, 3]], cfg.obs_dim, cfg.act_dim)
+    stepped = policy_outputs(model, batch, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    noise = torch.stack([torch.randn(1, model.z_dim, generator=g)[0] for _ in range(9)]).view(1, 3, 3, -1)
+
+    def draw_in_step_order(mean, logvar, mode, generator=None):
+        return mean + torch.exp(0.5 * logvar) * noise
+
+    model.draw_z = draw_in_step_order
+    with torch.no_grad():
+        full = model(batch)
+    del model.draw_z  # back to the class's own draw
+    torch.testing.assert_close(stepped[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
+    with torch.no_grad():  # and the steps of one block really get different z
+        mean, logvar = model.subgoals(batch, block_layout(batch["episode_start"], batch["mask"], cfg.c))
+    z = model.draw_block_z(mean, logvar, "sample")
+    assert z.shape == (1, 3, 3, model.z_dim) and not torch.allclose(z[:, :, 0], z[:, :, 1])
 
 
 @pytest.mark.parametrize("hop", [1, 3])
