@@ -299,7 +299,7 @@ class DMHPolicy(Policy):
         self.mamba_state = m.mamba.init_state(b, self.device)
         self.cache = m.gpt.init_state(b, self.device, unit=len(LOCAL_TOKENS), slides=False)
         self.z = torch.zeros(b, m.z_dim, device=self.device)
-        self.z_mean = torch.zeros(b, m.z_dim, device=self.device)  # the current block's z distribution
+        self.z_mean = torch.zeros(b, m.z_dim, device=self.device)  # z_draw "step": the current block's distribution
         self.z_logvar = torch.zeros(b, m.z_dim, device=self.device)
         self.pos = torch.zeros(b, dtype=torch.long, device=self.device)  # step within the current block
         self.prev_action = (torch.full((b,), -1, dtype=torch.long, device=self.device) if m.cfg.discrete
@@ -341,11 +341,12 @@ class DMHPolicy(Policy):
                 for i in range(opening.shape[1]):
                     h = m.mamba.step_token(opening[:, i], self.mamba_state, advance=starting)
             mean, logvar = m.z_distribution(h)
-            self.z_mean = torch.where(starting[:, None], mean, self.z_mean)
-            self.z_logvar = torch.where(starting[:, None], logvar, self.z_logvar)
             if m.cfg.z_draw == "block":
                 z = m.draw_z(mean, logvar, self.z_mode, self.generator)
                 self.z = torch.where(starting[:, None], z, self.z)
+            else:  # the block's distribution, drawn from at every act below
+                self.z_mean = torch.where(starting[:, None], mean, self.z_mean)
+                self.z_logvar = torch.where(starting[:, None], logvar, self.z_logvar)
         if m.cfg.z_draw == "step":  # a fresh draw for every row at every step
             self.z = m.draw_z(self.z_mean, self.z_logvar, self.z_mode, self.generator)
         if m.cfg.local_context == "sliding":
