@@ -64,9 +64,9 @@ class OutputsOnGpu:
     def act(self, obs, timestep):
         return self.policy.act(obs, timestep).as_subclass(OnGpu)
 
-    def observe(self, action, reward, done) -> None:
+    def observe(self, action, reward, done, terminated=None) -> None:
         assert type(action) is torch.Tensor  # what the environment was given, fed back: on the CPU
-        self.policy.observe(action, reward, done)
+        self.policy.observe(action, reward, done, terminated)
 
 
 @pytest.mark.parametrize("algo", ["dmh", "ad-transformer"])

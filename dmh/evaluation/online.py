@@ -71,7 +71,8 @@ def evaluate_online(model: nn.Module, spec: TaskSpec, obs_mean: np.ndarray, obs_
         action = choose_actions(out, spec.discrete, sample, generator)
         obs, reward, terminated, truncated = core.step(action.numpy())
         done = terminated | truncated
-        policy.observe(action, torch.as_tensor(reward, dtype=torch.float32), torch.as_tensor(done))
+        policy.observe(action, torch.as_tensor(reward, dtype=torch.float32), torch.as_tensor(done),
+                       torch.as_tensor(terminated))
         episode_return += reward
         timestep += 1
         for b in np.flatnonzero(done & (finished < episodes)):

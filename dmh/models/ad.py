@@ -155,7 +155,8 @@ class ADPolicy(Policy):
         return self.model.head(self.model.backbone.step(x, self.state)[:, 0])
 
     @torch.no_grad()
-    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
+                terminated: torch.Tensor | None = None) -> None:
         self.prev_action = self._action(action)
         self.prev_reward = self._as(reward, torch.float32)
         if self.model.cfg.tokens == "separate":

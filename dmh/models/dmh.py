@@ -50,6 +50,10 @@ class DMHConfig(ModelConfig):
     # causal order (z_k still sees s_k and every earlier block's r_hat and d) with 3-4x fewer Mamba tokens
     train_blocks: int = 0  # blocks per context whose local sequences are decoded in a training loss (a random
     # subset; 0 = all): an unbiased estimate of the loss at a fraction of the local GPT's cost
+    block_dropout: bool = False  # dropout on the Mamba's block tokens too (the authors' code has none there: their
+    # dropout is only in the local GPT; the paper is silent)
+    done_token: Literal["episode_end", "terminal"] = "episode_end"  # d of a block = the episode ends in it (any end),
+    # or only a true termination (the authors' code reads D4RL's `terminals`, so a time-limit end gives d = 0)
 
     @classmethod
     def fields_for(cls, shape: ContextShape) -> dict[str, Any]:
@@ -63,6 +67,8 @@ BLOCK_TOKENS = ("rtg", "state", "reward_sum", "done")
 # The token order of one step in the local GPT (§2.4): z before each state, and a_t is read at the s_t token.
 LOCAL_TOKENS = ("z", "state", "action", "reward")
 LOCAL_STATE = LOCAL_TOKENS.index("state")
+# Parameter-name prefixes of the high-level network (the authors' `DecisionMamba`); everything else is the low level.
+HIGH_LEVEL = ("embed_block_", "block_ln", "mamba", "z_head")
 
 class DecisionMambaHybrid(nn.Module):
     """DM-H: `forward(batch) -> [B, L, act_dim]`, `loss(batch)`, `policy(batch_size, target_return)`."""
@@ -93,9 +99,22 @@ class DecisionMambaHybrid(nn.Module):
         self.gpt = cfg.gpt(len(LOCAL_TOKENS) * c)
         self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
         self.drop = nn.Dropout(cfg.dropout)
+        self.block_drop = self.drop if cfg.block_dropout else nn.Identity()
         if cfg.valuable_subgoals:
             self.subgoal_proj = nn.Linear(cfg.obs_dim, self.z_dim)  # f
             self.subgoal_proj.requires_grad_(not cfg.freeze_subgoal_proj)
+
+    @property
+    def done_key(self) -> str:
+        """The batch key a block's d token reads: ``done`` (any episode end) or ``terminal`` (a true termination)."""
+        return "terminal" if self.cfg.done_token == "terminal" else "done"
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The authors' two networks, whose gradients they clip separately (``grad_clip_scope = "module"``): the
+        high level (block embeddings, Mamba, z head) and the low level (local embeddings, GPT, action head, f)."""
+        high = [p for name, p in self.named_parameters() if name.startswith(HIGH_LEVEL)]
+        low = [p for name, p in self.named_parameters() if not name.startswith(HIGH_LEVEL)]
+        return [high, low]
 
     # ---------------------------------------------------------------------------------------------- high level
     def block_tokens(
@@ -107,7 +126,7 @@ class DecisionMambaHybrid(nn.Module):
                     "done": self.embed_block_done(done.long())}
         if self.embed_block_rtg is not None:
             embedded["rtg"] = self.embed_block_rtg(rtg.unsqueeze(-1))
-        return self.drop(self.block_ln(torch.stack([embedded[slot] for slot in self.block_slots], dim=-2)))
+        return self.block_drop(self.block_ln(torch.stack([embedded[slot] for slot in self.block_slots], dim=-2)))
 
     def fused_block_token(
         self, state: torch.Tensor, rtg: torch.Tensor | None, prev_reward_sum: torch.Tensor, prev_done: torch.Tensor
@@ -117,7 +136,7 @@ class DecisionMambaHybrid(nn.Module):
              + self.embed_block_done(prev_done.long()))
         if self.embed_block_rtg is not None:
             x = x + self.embed_block_rtg(rtg.unsqueeze(-1))
-        return self.drop(self.block_ln(x))
+        return self.block_drop(self.block_ln(x))
 
     def z_distribution(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mamba output at a state token [..., d] -> (mean, log-variance) [..., z_dim], both in (-1, 1)."""
@@ -146,7 +165,7 @@ class DecisionMambaHybrid(nn.Module):
         """(mean, log-variance) of z for every block, [B, NB, z_dim]: one Mamba pass over all block tokens."""
         rewards = layout.gather(batch["rewards"] * batch["mask"])  # [B, NB, c]
         reward_sum = (rewards * layout.valid).sum(-1)  # [B, NB]
-        done = (layout.gather(batch["done"]) & layout.valid).any(-1)  # [B, NB]
+        done = (layout.gather(batch[self.done_key]) & layout.valid).any(-1)  # [B, NB]
         start = layout.start
         state = layout.gather(batch["obs"])[:, :, 0]  # [B, NB, obs_dim]
         rtg = batch["rtg"].gather(1, start) if self.cfg.rtg_token else None
@@ -367,9 +386,16 @@ class DMHPolicy(Policy):
         return m.head(m.gpt(x)[rows, at_state])
 
     @torch.no_grad()
-    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
+                terminated: torch.Tensor | None = None) -> None:
         m = self.model
         action, reward, done = self._action(action), self._as(reward, torch.float32), self._as(done, torch.bool)
+        if m.cfg.done_token == "terminal":
+            if terminated is None:
+                raise ValueError("a DM-H policy with done_token='terminal' needs observe(..., terminated=)")
+            flag = self._as(terminated, torch.bool) & done  # the block's d token
+        else:
+            flag = done
         if m.cfg.local_context == "sliding":
             self._observe_sliding(action, reward, done)
         else:  # they enter the GPT with the next act
@@ -380,10 +406,10 @@ class DMHPolicy(Policy):
         if bool(ending.any()):
             if m.cfg.block_tokens == "fused":  # r_hat and d enter the Mamba with the next block's token
                 self.prev_reward_sum = torch.where(ending, self.reward_sum, self.prev_reward_sum)
-                self.prev_done = torch.where(ending, done, self.prev_done)
+                self.prev_done = torch.where(ending, flag, self.prev_done)
             else:
                 closing = m.block_tokens(torch.zeros(self.batch_size, m.cfg.obs_dim, device=self.device), self.rtg,
-                                         self.reward_sum, done)[:, m.state_slot + 1 :]  # r_hat, d
+                                         self.reward_sum, flag)[:, m.state_slot + 1 :]  # r_hat, d
                 for i in range(closing.shape[1]):
                     m.mamba.step_token(closing[:, i], self.mamba_state, advance=ending)
             self.reward_sum = self.reward_sum.masked_fill(ending, 0.0)

@@ -114,7 +114,8 @@ class DTPolicy(Policy):
         return self.model.head(h[:, 1])
 
     @torch.no_grad()
-    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
+                terminated: torch.Tensor | None = None) -> None:
         m = self.model
         a = m.embed(None, None, self._action(action)[:, None], self.timestep[:, None])  # [B, 1, 1, d]
         m.backbone.step(a[:, 0], self.state)

@@ -9,7 +9,7 @@ carries its context itself (recurrent Mamba state or a bounded KV cache), with n
         out = policy.act(obs, timestep)          # [B, act_dim] logits or tanh-bounded means for the current step
         action = sample_or_argmax(out)            # the caller decides how to turn outputs into actions
         obs, reward, done = envs.step(action)
-        policy.observe(action, reward, done)      # done[b]: row b starts a new episode at the next act
+        policy.observe(action, reward, done, terminated)  # done[b]: row b starts a new episode at the next act
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ class Policy:
         """obs [B, obs_dim], timestep [B] (step index within each row's episode) -> [B, act_dim]."""
         raise NotImplementedError
 
-    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> None:
-        """After the environment step: action [B] int64 or [B, act_dim], reward [B], done [B] bool."""
+    def observe(self, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
+                terminated: torch.Tensor | None = None) -> None:
+        """After the environment step: action [B] int64 or [B, act_dim], reward [B], done [B] bool (the episode
+        ended); terminated [B] bool (it ended by termination, not a time limit), read only by DM-H with
+        ``done_token = "terminal"``."""
         raise NotImplementedError
 
     def _prepare(self) -> None:

@@ -42,6 +42,8 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_steps: int = 100  # linear learning-rate warm-up, then constant (the authors' code has no decay)
     grad_clip: float = 0.25  # gradient-norm clip
+    grad_clip_scope: str = "global"  # "global": one norm over all parameters; "module": each of the model's networks
+    # clipped on its own (DM-H's Mamba and local GPT sides, as the authors' code; other models have one network)
     # --- across-episodic context ---
     n_context: int | None = None  # episodes per context (AD, DM-H); None = the paper's n for the task
     c: int | None = None  # DM-H steps per sub-goal (block size); None = the paper's c for the task
@@ -49,7 +51,11 @@ class TrainConfig:
     history_stride: int = 0  # learning-history episodes between consecutive context episodes; 0 = auto (a context
     # spans half a history)
     context_sampling: str = "auto"  # DM-H: "window" (strided history window, sorted by return), "random" (n random
-    # episodes of one history, sorted); auto = window for Grid World, random elsewhere
+    # episodes of one history, sorted), "length" (the authors' D4RL batches: episodes drawn in proportion to their
+    # length, sorted by return, cut into consecutive contexts); auto = window for Grid World, random elsewhere
+    rtg_relabel: bool = True  # DM-H: hindsight relabelling, every episode's return-to-go starts at the context's best
+    # return (the authors' relabel_rtg; online the policy starts each episode at the target return); matters only
+    # where the RTG token is on (D4RL)
     dt_context_len: int = 0  # DT/DM window in steps; 0 = the whole episode (the paper's Tmaze setting) or 20 (D4RL)
     # --- data ---
     data_steps: int = 1_000_000  # Grid World learning-history budget per family (the paper: 1M)
@@ -252,7 +258,8 @@ MODEL_FIELD_BOUNDS: dict[str, Bounds] = {
     "subgoal_loss_weight": NON_NEGATIVE, "local_checkpoint_chunk": NON_NEGATIVE, "train_blocks": NON_NEGATIVE,
     "window_hop": POSITIVE,
 }
-CHOICES = {"algo": ALGOS, "preset": tuple(PRESETS), "context_sampling": ("auto", "window", "random")}
+CHOICES = {"algo": ALGOS, "preset": tuple(PRESETS), "context_sampling": ("auto", "window", "random", "length"),
+           "grad_clip_scope": ("global", "module")}
 
 
 def check_value(name: str, value: Any, hint: Any, bounds: Bounds | None) -> None:

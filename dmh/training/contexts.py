@@ -2,12 +2,15 @@
 
 - AD: n episodes of one learning history, in the order the learner played them (every ``stride``-th episode), so
   the context shows improvement to distil.
-- DM-H: n episodes of one history (a strided window for Grid World, random episodes elsewhere), **sorted by
-  ascending return** (paper §1.2, after the Agentic Transformer's chain of hindsight).
+- DM-H: n episodes of one history (a strided window for Grid World, random episodes elsewhere; or, as the authors'
+  D4RL code, a batch of episodes drawn in proportion to their length, sorted and cut into consecutive contexts),
+  **sorted by ascending return** (paper §1.2, after the Agentic Transformer's chain of hindsight). With hindsight
+  relabelling, every episode's return-to-go is shifted so that it starts at the context's best return (the last
+  episode's), which is what the policy is conditioned on online (the target return).
 - DT / DM: a window of one episode, with its return-to-go.
 
 Batch keys (``dmh.models`` contract; [B, L] right-padded): obs, actions, rewards, timesteps, episode_start, done,
-mask, rtg.
+terminal, mask, rtg.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ class ContextSpec:
     kind: str  # "history" (AD), "sorted" (DM-H) or "episode" (DT, DM)
     n_context: int  # episodes per context (history / sorted)
     stride: int  # history episodes between consecutive context episodes (history / window sampling)
-    window: bool  # sorted: a strided window of the history (True) or random episodes of it (False)
+    sampling: str  # sorted: "window" (a strided window of one history), "random" (random episodes of one history)
+    # or "length" (the authors' D4RL batches: episodes drawn in proportion to length, sorted, cut into contexts)
     episode_len: int  # episode: steps per window
     rtg_scale: float  # returns-to-go are divided by this
+    rtg_relabel: bool = False  # sorted: every episode's return-to-go relabelled to start at the context's best return
 
 
 class ContextSampler:
@@ -50,6 +55,8 @@ class ContextSampler:
         self.rtg = ((suffix - after_episode) / spec.rtg_scale).astype(np.float32)  # [N] return-to-go in the episode
         self.timestep = (np.arange(data.num_steps) - self.starts[episode_of_step]).astype(np.int64)  # [N]
         self.last_step = self.timestep == self.lengths[episode_of_step] - 1  # [N] the episode's final step
+        self.terminal = data.terminals.astype(bool)  # [N] the episode ended by termination (not a time limit)
+        self.episode_of_step = episode_of_step  # [N]
         histories = data.episode_history
         self.histories = [np.flatnonzero(histories == h) for h in np.unique(histories)]  # episode ids per history
 
@@ -57,7 +64,7 @@ class ContextSampler:
         """n episode ids from one random history: a strided window (in play order) or random episodes."""
         s = self.spec
         episodes = self.histories[self.rng.integers(len(self.histories))]
-        if s.kind == "sorted" and not s.window:
+        if s.kind == "sorted" and s.sampling == "random":
             picked = self.rng.choice(len(episodes), size=s.n_context, replace=len(episodes) < s.n_context)
             return episodes[np.sort(picked)]
         stride = max(1, min(s.stride, (len(episodes) - 1) // max(s.n_context - 1, 1)))
@@ -70,8 +77,20 @@ class ContextSampler:
     def _steps_of(self, episodes: np.ndarray) -> np.ndarray:
         return np.concatenate([np.arange(self.starts[e], self.starts[e] + self.lengths[e]) for e in episodes])
 
+    def _length_sorted_batch(self, batch_size: int) -> list[np.ndarray]:
+        """The authors' D4RL contexts: batch_size × n episodes of the whole dataset drawn with replacement in
+        proportion to their length, sorted by return, cut into consecutive runs of n (so each context's episodes
+        have neighbouring returns, ascending)."""
+        n = self.spec.n_context
+        drawn = self.rng.choice(len(self.starts), size=batch_size * n, replace=True,
+                                p=self.lengths / self.lengths.sum())
+        drawn = drawn[np.argsort(self.returns[drawn], kind="stable")]
+        return [drawn[b * n:(b + 1) * n] for b in range(batch_size)]
+
     def sample_indices(self, batch_size: int) -> list[np.ndarray]:
         """Step indices of each context (a list of [L_b] int arrays)."""
+        if self.spec.kind == "sorted" and self.spec.sampling == "length":
+            return [self._steps_of(episodes) for episodes in self._length_sorted_batch(batch_size)]
         contexts = []
         for _ in range(batch_size):
             if self.spec.kind == "episode":
@@ -101,6 +120,9 @@ class ContextSampler:
         episode_start = (timestep == 0) & mask
         episode_start[:, 0] = True  # a window that starts mid-episode still starts the context's first episode
         done = self.last_step[index] & mask
+        rtg = self.rtg[index]
+        if self.spec.rtg_relabel and self.spec.kind == "sorted":
+            rtg = rtg + self.relabel_offset(contexts, index)
         return {
             "obs": torch.from_numpy(self.obs[index]),
             "actions": torch.from_numpy(self.actions[index]),
@@ -108,9 +130,18 @@ class ContextSampler:
             "timesteps": torch.from_numpy(timestep * mask),
             "episode_start": torch.from_numpy(episode_start),
             "done": torch.from_numpy(done),
+            "terminal": torch.from_numpy(self.terminal[index] & mask),
             "mask": torch.from_numpy(mask),
-            "rtg": torch.from_numpy(self.rtg[index] * mask),
+            "rtg": torch.from_numpy((rtg * mask).astype(np.float32)),
         }
+
+    def relabel_offset(self, contexts: list[np.ndarray], index: np.ndarray) -> np.ndarray:
+        """[B, L] what hindsight relabelling adds to each step's return-to-go: the context's best return minus the
+        return of the step's own episode (scaled), so every episode's return-to-go starts at the best return and
+        falls by the rewards it collects, as the policy's does online from the target return."""
+        episode = self.episode_of_step[index]  # [B, L]
+        best = np.array([self.returns[self.episode_of_step[steps]].max() for steps in contexts])  # [B]
+        return ((best[:, None] - self.returns[episode]) / self.spec.rtg_scale).astype(np.float32)
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

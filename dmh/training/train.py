@@ -64,9 +64,17 @@ def context_spec(setup: Resolved, data: EpisodeDataset) -> ContextSpec:
     cfg, spec, n = setup.cfg, setup.spec, setup.n_context
     per_history = max(1, data.num_episodes // max(1, len(np.unique(data.episode_history))))
     stride = cfg.history_stride or max(1, per_history // (2 * n))
-    window = cfg.context_sampling == "window" or (cfg.context_sampling == "auto" and spec.kind == "grid")
-    return ContextSpec(kind=algorithm(cfg.algo).context, n_context=n, stride=stride, window=window,
-                       episode_len=episode_window(cfg, spec), rtg_scale=spec.rtg_scale)
+    sampling = cfg.context_sampling if cfg.context_sampling != "auto" else "window" if spec.kind == "grid" else "random"
+    return ContextSpec(kind=algorithm(cfg.algo).context, n_context=n, stride=stride, sampling=sampling,
+                       episode_len=episode_window(cfg, spec), rtg_scale=spec.rtg_scale, rtg_relabel=cfg.rtg_relabel)
+
+
+def clip_groups(model: torch.nn.Module, scope: str) -> list[list[torch.nn.Parameter]]:
+    """The parameter groups whose gradient norms are clipped separately: one group (``global``), or with
+    ``module`` the model's own networks where it has several (DM-H's high and low level, as the authors' code)."""
+    if scope == "module" and hasattr(model, "clip_groups"):
+        return model.clip_groups()
+    return [list(model.parameters())]
 
 
 def observation_stats(data: EpisodeDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +181,8 @@ class Trainer:
         loss, _ = self.model.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        for group in clip_groups(self.model, self.cfg.grad_clip_scope):
+            torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach())

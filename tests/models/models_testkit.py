@@ -62,8 +62,9 @@ def make_batch(
             rtg[b, sl] = (target_return - collected) / rtg_scale
             t0 += n
     rewards = rewards * mask
+    terminal = done & (timesteps % 2 == 0)  # episodes of odd length end by termination, the others by a time limit
     return dict(obs=obs, actions=actions, rewards=rewards, timesteps=timesteps, episode_start=episode_start,
-                done=done, mask=mask, rtg=rtg)
+                done=done, terminal=terminal, mask=mask, rtg=rtg)
 
 
 def policy_outputs(model, batch: dict[str, torch.Tensor], target_return: float = 5.0, **policy_kwargs) -> torch.Tensor:
@@ -77,6 +78,6 @@ def policy_outputs(model, batch: dict[str, torch.Tensor], target_return: float =
     outs = []
     for t in range(length):
         outs.append(policy.act(batch["obs"][:, t], batch["timesteps"][:, t]))
-        policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
+        policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t], batch["terminal"][:, t])
     return torch.stack(outs, dim=1)
 

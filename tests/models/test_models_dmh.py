@@ -1,5 +1,6 @@
 """DM-H specifics: the block layout, the valuable sub-goal rule, one Mamba advance per block online, a local context of
-at most 4c tokens, and the valuable-sub-goal branch switch."""
+at most 4c tokens, the valuable-sub-goal branch switch, the training loss's two branches and sampled z, and the
+authors' options (done token from terminations, no dropout on block tokens, per-network gradient clipping)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import torch
 from models_testkit import make_batch, policy_outputs, tiny_config
 
 from dmh.models import block_layout, build_model, valuable_subgoal_index
-from dmh.models.losses import last_episode_mask
+from dmh.models.dmh import HIGH_LEVEL
+from dmh.models.losses import action_loss, last_episode_mask, loss_mask
+from dmh.training.train import clip_groups
 
 
 def _flags(length: int, steps: list[int]) -> torch.Tensor:
@@ -293,3 +296,97 @@ def test_a_policy_on_cuda_samples_its_z_with_a_cpu_generator_as_on_the_cpu() -> 
             policy.observe(batch["actions"][:, t], batch["rewards"][:, t], batch["done"][:, t])
     for on_cpu, on_cuda in zip(zs["cpu"], zs["cuda"], strict=True):
         torch.testing.assert_close(on_cuda, on_cpu, atol=1e-5, rtol=1e-4)
+
+
+def test_the_subgoal_branch_decodes_the_same_steps_with_f_of_the_valuable_subgoal_state() -> None:
+    model = build_model("dmh", tiny_config("dmh")).train()
+    batch = make_batch([[6, 6], [9, 3]], 3, 4)
+    loss, logs = model.loss(batch)
+    layout = block_layout(batch["episode_start"], batch["mask"], 3)
+    goal = valuable_subgoal_index(batch["rewards"], batch["episode_start"], batch["mask"], layout.start, "paper",
+                                  block_last=layout.last, block_valid=layout.block_valid)  # [B, NB] step of s_g
+    z_goal = model.subgoal_proj(batch["obs"].gather(1, goal[..., None].expand(-1, -1, 3)))
+    predicted = model.local_actions(batch, layout, z_goal)[0]
+    expected = action_loss(predicted, batch["actions"], loss_mask(batch, "all"), True)
+    assert logs["loss_goal"] == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(logs["loss_z"] + 0.5 * float(expected.detach()), rel=1e-5)
+
+
+def test_the_subgoal_branch_trains_the_local_gpt_but_sends_no_gradient_into_the_mamba_or_f() -> None:
+    batch = make_batch([[6, 6], [9, 3]], 3, 4)
+    grads = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = build_model("dmh", tiny_config("dmh", subgoal_loss_weight=weight)).train()
+        model.loss(batch)[0].backward()
+        grads[weight] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    for name, grad in grads[0.5].items():
+        if name.startswith(HIGH_LEVEL):  # the f(s_g) branch has no path into the Mamba side
+            torch.testing.assert_close(grad, grads[0.0][name])
+    local = [name for name in grads[0.5] if name.startswith("gpt.")]
+    assert local and all(not torch.allclose(grads[0.5][name], grads[0.0][name]) for name in local)  # it trains them
+    assert not any(name.startswith("subgoal_proj") for name in grads[0.5])  # f is frozen
+
+
+def test_a_sampled_z_in_training_is_fresh_noise_each_update_and_trains_the_variance() -> None:
+    batch = make_batch([[6, 6], [9, 3]], 3, 4)
+    model = build_model("dmh", tiny_config("dmh", z_train="sample", valuable_subgoals=False)).train()
+    losses = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        losses.append(float(model.loss(batch)[0]))
+    assert losses[0] == losses[1] != losses[2]
+    model.zero_grad()
+    model.loss(batch)[0].backward()
+    z_dim = model.z_dim
+    assert model.z_head.weight.grad[z_dim:].abs().sum() > 0  # the log-variance half gets a gradient
+    deterministic = build_model("dmh", tiny_config("dmh", z_train="mean", valuable_subgoals=False)).train()
+    deterministic.loss(batch)[0].backward()
+    assert deterministic.z_head.weight.grad[z_dim:].abs().sum() == 0  # with the mean, it does not
+
+
+@pytest.mark.parametrize("block_tokens", ["separate", "fused"])
+def test_a_terminal_done_token_reads_only_terminations_and_the_policy_reproduces_it(block_tokens: str) -> None:
+    batch = make_batch([[4, 5, 3], [5, 7]], 3, 4)  # odd-length episodes end by termination, the others by time
+    ends = tiny_config("dmh", block_tokens=block_tokens)
+    terminal = tiny_config("dmh", block_tokens=block_tokens, done_token="terminal")
+    a, b = build_model("dmh", ends).eval(), build_model("dmh", terminal).eval()
+    b.load_state_dict(a.state_dict())
+    forward = b(batch)
+    torch.testing.assert_close(policy_outputs(b, batch), forward, rtol=1e-4, atol=1e-5)
+    first_end = 4  # the first episode (length 4) ran out of time: the d token differs from its next block on
+    torch.testing.assert_close(forward[:, :first_end], a(batch)[:, :first_end])
+    assert not torch.allclose(forward[0, first_end:], a(batch)[0, first_end:])
+    with pytest.raises(ValueError, match="terminated"):
+        policy = b.policy(1)
+        policy.reset()
+        policy.act(batch["obs"][:1, 0], batch["timesteps"][:1, 0])
+        policy.observe(batch["actions"][:1, 0], batch["rewards"][:1, 0], batch["done"][:1, 0])
+
+
+@pytest.mark.parametrize("block_dropout", [False, True])
+def test_dropout_reaches_the_block_tokens_only_when_asked(block_dropout: bool) -> None:
+    model = build_model("dmh", tiny_config("dmh", dropout=0.5, block_dropout=block_dropout)).train()
+    state, rtg, reward, done = torch.randn(2, 4, 3), torch.randn(2, 4), torch.randn(2, 4), torch.zeros(2, 4).bool()
+    first, second = (model.block_tokens(state, rtg, reward, done) for _ in range(2))
+    assert torch.equal(first, second) != block_dropout
+    local = model.local_tokens(torch.randn(2, 3, model.z_dim), state[:, :3], torch.zeros(2, 3).long(),
+                               reward[:, :3], torch.zeros(2, 3).long())
+    assert (local == 0).any()  # the local GPT's tokens keep their dropout either way
+
+
+def test_module_clipping_clips_the_mamba_side_and_the_local_side_each_to_the_bound() -> None:
+    model = build_model("dmh", tiny_config("dmh")).train()
+    high, low = clip_groups(model, "module")
+    names = {id(p): n for n, p in model.named_parameters()}
+    high_ids, low_ids = {id(p) for p in high}, {id(p) for p in low}
+    assert high_ids | low_ids == set(names) and not high_ids & low_ids
+    assert all(names[id(p)].startswith(HIGH_LEVEL) for p in high) and any(names[id(p)].startswith("gpt.") for p in low)
+    assert len(clip_groups(model, "global")) == 1
+    assert len(clip_groups(build_model("ad-mamba", tiny_config("ad-mamba")), "module")) == 1  # one network
+    model.loss(make_batch([[6, 6], [9, 3]], 3, 4))[0].backward()
+    for group in clip_groups(model, "module"):
+        torch.nn.utils.clip_grad_norm_(group, 1e-4)
+    norms = [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in g if p.grad is not None])) for g in
+             (high, low)]
+    assert [float(n) for n in norms] == pytest.approx([1e-4, 1e-4], rel=1e-3)  # each at the bound, not sharing it

@@ -1,0 +1,175 @@
+"""Training contexts (dmh/training/contexts.py): what the data layer builds is what the online loop feeds the policy
+(steps, flags and the return-to-go), DM-H's contexts are sorted by return, hindsight relabelling starts every
+episode's return-to-go at the context's best return, and the authors' length-weighted sorted batches."""
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from dmh.data.format import EpisodeDataset
+from dmh.data.histories import generate_histories, history_config
+from dmh.evaluation.online import evaluate_online
+from dmh.models import build_model
+from dmh.tasks import resolve_task
+from dmh.training.contexts import ContextSampler, ContextSpec
+
+SORTED = ContextSpec(kind="sorted", n_context=4, stride=1, sampling="random", episode_len=20, rtg_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def histories() -> EpisodeDataset:
+    """Darkroom Hard learning histories: episodes that end at the goal (terminal) and at the time limit."""
+    return generate_histories(history_config("darkroom-hard", steps=20_000, num_tasks=4), show_progress=False)
+
+
+def sampler(data: EpisodeDataset, spec: ContextSpec = SORTED, seed: int = 0) -> ContextSampler:
+    return ContextSampler(data, spec, np.zeros(data.obs_dim), np.ones(data.obs_dim), seed)
+
+
+def tiny_dmh(rtg_token: bool = True, **fields):
+    cfg = dict(obs_dim=2, act_dim=5, discrete=True, max_timestep=64, d_model=16, n_layer=1, n_head=1,
+               n_mamba_layer=1, d_state=4, dropout=0.0, mamba_backend="torch", c=5, rtg_token=rtg_token,
+               z_train="mean", z_eval="mean", local_checkpoint_chunk=0, **fields)
+    torch.manual_seed(0)
+    return build_model("dmh", cfg).eval()
+
+
+class Recorder:
+    """Wraps a policy and keeps what the evaluation loop gives row 0: every act's inputs and every observe's."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.acts, self.observes = policy, [], []
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def act(self, obs, timestep):
+        self.acts.append((obs[0].clone(), int(timestep[0])))
+        return self.policy.act(obs, timestep)
+
+    def observe(self, action, reward, done, terminated=None) -> None:
+        self.observes.append((int(action[0]), float(reward[0]), bool(done[0]), bool(terminated[0])))
+        self.policy.observe(action, reward, done, terminated)
+
+
+def recorded_rollout(monkeypatch, model, episodes: int) -> tuple[Recorder, EpisodeDataset]:
+    """Row 0 of an online evaluation on Darkroom Hard, and the same steps written as a dataset."""
+    spec = resolve_task("darkroom-hard")
+    made = []
+    real = model.policy
+
+    def recording_policy(*args, **kwargs):
+        made.append(Recorder(real(*args, **kwargs)))
+        return made[-1]
+
+    monkeypatch.setattr(model, "policy", recording_policy)
+    evaluate_online(model, spec, np.zeros(2), np.ones(2), n_tasks=2, episodes=episodes, seed=3)
+    (rec,) = made
+    done = np.array([o[2] for o in rec.observes])
+    steps = int(np.flatnonzero(done)[episodes - 1]) + 1  # row 0's episodes (other rows may have played on)
+    done, terminated = done[:steps], np.array([o[3] for o in rec.observes[:steps]])
+    data = EpisodeDataset(
+        observations=np.stack([a[0].numpy() for a in rec.acts[:steps]]).astype(np.float32),
+        actions=np.array([o[0] for o in rec.observes[:steps]], dtype=np.int64),
+        rewards=np.array([o[1] for o in rec.observes[:steps]], dtype=np.float32),
+        terminals=terminated, timeouts=done & ~terminated,
+        episode_task=np.zeros(episodes, dtype=np.int64), episode_history=np.zeros(episodes, dtype=np.int64),
+        tasks=np.zeros((1, 2)), metadata={"discrete": True})
+    return rec, data
+
+
+def test_a_context_of_the_steps_the_online_loop_played_holds_exactly_what_it_fed_the_policy(monkeypatch):
+    rec, data = recorded_rollout(monkeypatch, tiny_dmh(), episodes=30)
+    n = data.num_steps
+    batch = sampler(data).collate([np.arange(n)])
+    assert torch.equal(batch["obs"][0], torch.stack([a[0] for a in rec.acts[:n]]))
+    assert batch["timesteps"][0].tolist() == [a[1] for a in rec.acts[:n]]
+    assert batch["actions"][0].tolist() == [o[0] for o in rec.observes[:n]]
+    assert batch["rewards"][0].tolist() == pytest.approx([o[1] for o in rec.observes[:n]])
+    assert batch["done"][0].tolist() == [o[2] for o in rec.observes[:n]]
+    assert batch["terminal"][0].tolist() == [o[3] for o in rec.observes[:n]]
+    assert batch["episode_start"][0].tolist() == [a[1] == 0 for a in rec.acts[:n]]
+    # Darkroom Hard ends at the goal (a true termination) or at the time limit: both happened
+    assert batch["terminal"].any() and (batch["done"] & ~batch["terminal"]).any()
+
+
+@pytest.mark.parametrize("block_tokens", ["separate", "fused"])
+@pytest.mark.parametrize("done_token", ["episode_end", "terminal"])
+def test_relabelled_return_to_go_is_what_the_policy_computes_online_from_the_best_return(histories, block_tokens,
+                                                                                         done_token):
+    spec = dataclasses.replace(SORTED, rtg_relabel=True)
+    batch = sampler(histories, spec).sample(3)
+    model = tiny_dmh(block_tokens=block_tokens, done_token=done_token)
+    forward = model(batch)
+    for b in range(3):
+        length = int(batch["mask"][b].sum())
+        row = {k: v[b: b + 1, :length] for k, v in batch.items()}
+        episode_returns = torch.zeros(length)
+        starts = [*row["episode_start"][0].nonzero()[:, 0].tolist(), length]
+        for s, e in itertools.pairwise(starts):
+            episode_returns[s:e] = row["rewards"][0, s:e].sum()
+        best = float(episode_returns.max())
+        assert float(episode_returns[-1]) == best  # sorted: the last episode is the best
+        policy = model.policy(1, target_return=best)
+        policy.reset()
+        for t in range(length):
+            assert float(policy.rtg[0]) == pytest.approx(float(row["rtg"][0, t]))  # the same return-to-go
+            out = policy.act(row["obs"][:, t], row["timesteps"][:, t])
+            torch.testing.assert_close(out[0], forward[b, t], rtol=1e-4, atol=1e-5)
+            policy.observe(row["actions"][:, t], row["rewards"][:, t], row["done"][:, t], row["terminal"][:, t])
+
+
+def test_without_relabelling_each_episode_starts_at_its_own_return(histories):
+    own = sampler(histories, dataclasses.replace(SORTED, rtg_relabel=False)).sample(8)
+    relabelled = sampler(histories, dataclasses.replace(SORTED, rtg_relabel=True)).sample(8)  # same seed: same steps
+    assert torch.equal(own["obs"], relabelled["obs"])
+    start = own["episode_start"]
+    returns = [own["rewards"][b][own["mask"][b]].split(torch.diff(torch.cat(
+        [start[b].nonzero()[:, 0], own["mask"][b].sum().reshape(1)])).tolist()) for b in range(8)]
+    own_starts = torch.cat([torch.stack([r.sum() for r in row]) for row in returns])
+    best_starts = torch.cat([torch.stack([r.sum() for r in row]).max().expand(len(row)) for row in returns])
+    assert torch.allclose(own["rtg"][start], own_starts)
+    assert torch.allclose(relabelled["rtg"][start], best_starts)
+    assert not torch.allclose(own_starts, best_starts)  # the data has contexts whose episodes differ in return
+    # within an episode both fall by the rewards collected: they differ by one constant per episode
+    episode = torch.cumsum(start.long(), dim=1)
+    shift = relabelled["rtg"] - own["rtg"]
+    for b in range(8):
+        for e in episode[b][own["mask"][b]].unique():
+            part = shift[b][(episode[b] == e) & own["mask"][b]]
+            assert torch.allclose(part, part[0].expand_as(part))
+
+
+def test_sorted_contexts_hold_episodes_of_one_history_in_ascending_return(histories):
+    s = sampler(histories)
+    for steps in s.sample_indices(16):
+        episodes = np.unique(s.episode_of_step[steps])
+        order = s.episode_of_step[steps][np.r_[True, np.diff(s.episode_of_step[steps]) != 0]]
+        assert len(np.unique(histories.episode_history[episodes])) == 1
+        assert (np.diff(s.returns[order]) >= 0).all()
+
+
+def test_length_weighted_batches_are_sorted_across_the_batch_and_favour_long_episodes(histories):
+    s = sampler(histories, dataclasses.replace(SORTED, sampling="length"))
+    contexts = s.sample_indices(64)
+    assert all(len(np.unique(s.episode_of_step[c])) <= 4 for c in contexts)
+    firsts = [s.episode_of_step[c][np.r_[True, np.diff(s.episode_of_step[c]) != 0]] for c in contexts]
+    returns = np.concatenate([s.returns[f] for f in firsts])
+    assert (np.diff(returns) >= 0).all()  # the whole batch sorted, then cut into consecutive contexts
+    drawn = np.concatenate(firsts)
+    long, short = s.lengths >= 20, s.lengths <= 5
+    assert long.any() and short.any()
+    per_long = np.isin(drawn, np.flatnonzero(long)).sum() / long.sum()
+    per_short = np.isin(drawn, np.flatnonzero(short)).sum() / short.sum()
+    assert per_long > 2 * per_short  # an episode is drawn in proportion to its length
+
+
+def test_the_terminal_flag_marks_only_episodes_the_environment_ended(histories):
+    batch = sampler(histories).sample(16)
+    assert (batch["terminal"] <= batch["done"]).all()
+    ended_early = batch["done"] & (batch["timesteps"] < 19)
+    assert torch.equal(batch["terminal"] & ended_early, ended_early)  # before H only the goal ends an episode
+    assert (batch["done"] & ~batch["terminal"]).any()  # and some episodes run out of time
