@@ -1,13 +1,14 @@
-"""DM-H's sub-goal z, one variable at a time (issue 13, part 2): how z is drawn (a sample per step, as the authors'
-code; one sample per block, as the paper; the mean), its size (z_dim 2 = Grid World's obs_dim, as the authors' code;
-8; 32) and valuable sub-goals on / off, on Darkroom and Darkroom Hard at the cpu preset's full training length.
+"""DM-H's sub-goal z (issue 13, part 2): how z is drawn (a sample per step, as the authors' code; one sample per block,
+as the paper; the mean), its size (z_dim 2 = Grid World's obs_dim, as the authors' code; 8; 32) and valuable
+sub-goals on / off, on Darkroom and Darkroom Hard at the cpu preset's full training length.
 
-    python sweeps/z_study.py [--preset smoke|cpu] [--seeds N] [--z step block mean] [--z-dim 2 8 32] [--resume]
+    python sweeps/z_study.py [--preset smoke|cpu] [--seeds N] [--first-seed K] [--z step block mean] [--z-dim 2 8 32]
 
-The cpu grid is the full cross (3 draws × 3 sizes × 2 = 18 cells per task), seeds outermost, so every cell's first
-seed finishes before any cell's second. Each trial trains the cpu preset's 3000 updates and evaluates every 500, so
-both the final and the best evaluation are recorded. ``analysis.z_table`` turns the runs into the table
-docs/results.md publishes.
+The cpu grid crosses draw × size with valuable sub-goals on (9 cells per task) and runs each draw without them at
+the largest size (3 more): 24 trials per seed. A campaign runs one seed per sweep (``--first-seed K --seeds 1
+--name z_study_cpu_sK``), so a sitting finishes whole seeds (Tune's --resume does not keep the trial order). Each
+trial trains the cpu preset's 3000 updates and evaluates every 500, so both the final and the best evaluation are
+recorded; the report's z-study table summarises the runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dmh.sweep import Sweep, SweepError, Trial, main, positive_values
+from dmh.sweep import Sweep, SweepError, Trial, main, positive_values, product
 
 # How z is drawn, as DM-H model settings; the keys are the names the report shows.
 Z_DRAWS = {
@@ -25,7 +26,7 @@ Z_DRAWS = {
 }
 Z_DIMS = {"smoke": (2,), "cpu": (2, 8, 32)}
 DRAWS = {"smoke": ("step", "mean"), "cpu": tuple(Z_DRAWS)}
-SUBGOALS = {"smoke": (True,), "cpu": (True, False)}
+WITHOUT_SUBGOALS_AT = ("cpu",)  # presets whose grid also runs each draw without valuable sub-goals
 TASKS = {"smoke": ("darkroom-hard",), "cpu": ("darkroom", "darkroom-hard")}
 
 
@@ -45,10 +46,10 @@ def grid(args: argparse.Namespace) -> list[Trial]:
         raise SweepError(f"--z: unknown draw(s) {', '.join(unknown)}; valid: {', '.join(Z_DRAWS)}")
     dims = positive_values("--z-dim", args.z_dim if args.z_dim is not None else Z_DIMS[args.preset],
                            "every z size must be a positive integer")
-    values = [{**Z_DRAWS[draw], "model.z_dim": dim, "valuable_subgoals": subgoals}
-              for subgoals in SUBGOALS[args.preset] for dim in dims for draw in draws]
-    return [Trial("dmh", task, seed, dict(sets)) for seed in range(args.seeds) for sets in values
-            for task in TASKS[args.preset]]
+    values = [{**Z_DRAWS[draw], "model.z_dim": dim, "valuable_subgoals": True} for dim in dims for draw in draws]
+    if args.preset in WITHOUT_SUBGOALS_AT:  # the sub-goal branch off, at the largest z of each draw
+        values += [{**Z_DRAWS[draw], "model.z_dim": max(dims), "valuable_subgoals": False} for draw in draws]
+    return product(["dmh"], TASKS[args.preset], args.seeds, values)
 
 
 SWEEP = Sweep(

@@ -364,6 +364,30 @@ def test_paper_trials_reserve_a_gpu_unless_told_otherwise_or_pinned_to_the_cpu(w
     assert common.plan(script.SWEEP, args).resources == {"cpu": 1.0, "gpu": gpus}
 
 
+def test_first_seed_shifts_every_cells_seeds_so_a_campaign_can_add_seeds_later(workdir, monkeypatch):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)  # no Ray import: nothing is run here
+    script = importlib.import_module("sweeps.c_sensitivity")
+    args = common.build_parser(script.SWEEP).parse_args(["--preset", "smoke", "--first-seed", "3", "--seeds", "2"])
+    seeds = sorted(t["config"]["seed"] for t in common.plan(script.SWEEP, args).trials)
+    assert seeds == [3, 3, 4, 4]  # c = 1 and c = 5, each at seeds 3 and 4
+
+
+def test_the_z_study_grid_crosses_draw_and_size_and_drops_sub_goals_at_the_largest_size(workdir, monkeypatch):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)
+    script = importlib.import_module("sweeps.z_study")
+    args = common.build_parser(script.SWEEP).parse_args(["--preset", "cpu", "--seeds", "1"])
+    configs = [t["config"] for t in common.plan(script.SWEEP, args).trials]
+    cells = {(c["model"]["z_draw"] if c["model"]["z_train"] == "sample" else "mean", c["model"]["z_dim"],
+              c["valuable_subgoals"]) for c in configs}
+    assert len(configs) == 24 and len(cells) == 12
+    assert {(z, d) for z, d, on in cells if on} == {(z, d) for z in ("step", "block", "mean") for d in (2, 8, 32)}
+    assert {(z, d) for z, d, on in cells if not on} == {("step", 32), ("block", 32), ("mean", 32)}
+
+
 def test_a_sweep_whose_trials_reserve_gpus_says_so_when_the_cluster_has_none(monkeypatch, capsys):
     from types import SimpleNamespace
 
@@ -382,6 +406,7 @@ def test_a_sweep_whose_trials_reserve_gpus_says_so_when_the_cluster_has_none(mon
 @pytest.mark.parametrize(("argv", "message"), [
     (["--c", "0", "5"], "every c must be a positive integer"),
     (["--seeds", "0"], "--seeds must be a positive integer"),
+    (["--first-seed", "-1"], "--first-seed must be a non-negative integer"),
     (["--storage", "{file}"], "cannot be written: Not a directory"),
     (["--storage", "nosuchscheme://bucket/sweeps"], "cannot be written: Unrecognized filesystem type"),
     (["--set", "steps=-1"], "steps must be a positive integer"),

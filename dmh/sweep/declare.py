@@ -41,10 +41,12 @@ class Sweep:
     oom_is_result: bool = False  # Tmaze: running out of memory is a recorded outcome (paper Fig. 3), not an error
 
 
-def product(algos: Iterable[str], tasks: Iterable[str], seeds: int, values: Iterable[dict[str, Any]] = ({},)) -> \
-        list[Trial]:
-    """algos × tasks × swept values × seeds, in that nesting order (so the first trials cover every algo)."""
-    return [Trial(algo, task, seed, dict(sets)) for seed in range(seeds) for sets in values for task in tasks
+def product(algos: Iterable[str], tasks: Iterable[str], seeds: int | Iterable[int],
+            values: Iterable[dict[str, Any]] = ({},)) -> list[Trial]:
+    """algos × tasks × swept values × seeds (a count from 0, or the seeds themselves: a grid gets
+    ``range(--first-seed, --first-seed + --seeds)``), in that nesting order (so the first trials cover every algo)."""
+    seeds = range(seeds) if isinstance(seeds, int) else seeds
+    return [Trial(algo, task, seed, dict(sets)) for seed in seeds for sets in values for task in tasks
             for algo in algos]
 
 

@@ -30,6 +30,8 @@ def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="cpu", choices=PRESETS,
                         help="smoke: seconds, for tests; cpu: minutes on a laptop; paper: the paper's grid (GPUs)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: smoke/cpu 1, paper 10)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed: cells run seeds FIRST … FIRST + N - 1 (a campaign can add seeds later)")
     parser.add_argument("--resume", action="store_true",
                         help="restore the interrupted sweep in --storage and run only its unfinished or errored trials")
     parser.add_argument("--storage", default="sweep_results",
@@ -91,6 +93,8 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         args.seeds = DEFAULT_SEEDS[args.preset]
     if args.seeds <= 0:
         raise SweepError(f"--seeds must be a positive integer, got {args.seeds}")
+    if args.first_seed < 0:
+        raise SweepError(f"--first-seed must be a non-negative integer, got {args.first_seed}")
     if args.cpus_per_trial <= 0:
         raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
     gpus = DEFAULT_GPUS[args.preset] if args.gpus_per_trial is None else args.gpus_per_trial
@@ -112,6 +116,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         if not sweep_exists(path):
             raise SweepError(f"--resume: no sweep to restore at {path} (check --storage, --name and --preset)")
         return Plan(trials=[], **shared)
+    args.seeds = range(args.first_seed, args.first_seed + args.seeds)  # what the grids iterate
     cells = sweep.grid(args)
     if not cells:
         raise SweepError(f"the {args.preset} grid of {sweep.name} is empty: nothing to run")
