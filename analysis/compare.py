@@ -94,6 +94,27 @@ VIEWS: dict[str, View] = {v.name: v for v in (
 KEYS = ["task", "algo", "variant", "x"]
 CELL_COLUMNS = [*KEYS, "n", "mean", "se", "iqm", "iqm_low", "iqm_high", "reason", "paper", "paper_err",
                 "paper_low", "paper_high", "paper_status", "paper_provenance"]
+# A view whose value is a return or score also summarises each run's best evaluation (the max over its evaluations
+# during training and the final one; analysis.export.BEST): value → the per-run column of its best.
+BEST_OF = {"last_return": "best_return", "normalized_score": "best_normalized_score", "score": "best_score"}
+# Their cells' extra columns: mean ± s.e. over seeds of the best, and how many of the cell's completed runs logged an
+# evaluation during training (0: the best is the final evaluation).
+BEST_COLUMNS = ["best_mean", "best_se", "best_n", "evaluated_during_training"]
+
+
+def has_best(view: View) -> bool:
+    """Whether ``view``'s cells carry BEST_COLUMNS beside the final evaluation's statistics."""
+    return view.value in BEST_OF
+
+
+def best_note(n: int, evaluated: int) -> str:
+    """What a cell's best during training rests on: nothing beyond the final evaluation where none of its ``n``
+    completed runs was evaluated during training, and only some runs' evaluations where ``evaluated`` < ``n``."""
+    if n == 0 or evaluated == n:
+        return ""
+    if evaluated == 0:
+        return "best = final: no evaluations during training"
+    return f"best: {evaluated} of {n} runs evaluated during training (the others' best = final)"
 
 
 def variant(view: View, runs: pd.DataFrame) -> pd.Series:
@@ -116,7 +137,9 @@ def run_points(export: Export, view: View) -> pd.DataFrame:
     """The runs this view reads, one row per (run, x) with its value and outcome."""
     runs = view_runs(export, view)
     runs = runs.assign(task=runs["task"].map(view.task_of), variant=variant(view, runs),
-                       score=runs["normalized_score"].fillna(runs["last_return"]))
+                       score=runs["normalized_score"].fillna(runs["last_return"]),
+                       best_score=runs["best_normalized_score"].fillna(runs["best_return"]))
+    runs["best"] = runs[BEST_OF[view.value]] if has_best(view) else math.nan
     if view.value == "curve":
         points = runs.merge(export.curves, on="run_id", how="left").rename(columns={"return": "value"})
         points["x"] = points["episode"].astype(float)
@@ -124,7 +147,7 @@ def run_points(export: Export, view: View) -> pd.DataFrame:
         points = runs.assign(value=runs[view.value])
         points["x"] = (runs["c"].astype(float) if view.x_of == "c" else
                        runs["task"].map(memory_length) if view.x_of == "memory_length" else math.nan)
-    return points[[*KEYS, "run_id", "seed", "value", "outcome"]]
+    return points[[*KEYS, "run_id", "seed", "value", "best", "evals_during_training", "outcome"]]
 
 
 def missing_reason(outcomes: pd.Series) -> str:
@@ -135,6 +158,23 @@ def missing_reason(outcomes: pd.Series) -> str:
     return "not finished (" + ", ".join(f"{k} ×{v}" for k, v in counts.items()) + ")"
 
 
+def best_stats(done: pd.DataFrame) -> dict[str, float]:
+    """BEST_COLUMNS of one cell from its completed runs' ``best`` and ``evals_during_training``."""
+    best = summarize(done["best"].to_numpy(dtype=float))
+    return {"best_mean": best.mean, "best_se": best.se, "best_n": best.n,
+            "evaluated_during_training": int((done["evals_during_training"].fillna(0) > 0).sum())}
+
+
+def mark_short(cells: pd.DataFrame, seeds: pd.Series) -> None:
+    """A cell with fewer seeds than the best-covered cell of the same table says so in ``reason``: asked for, not all
+    delivered."""
+    if cells.empty:
+        return
+    most = int(seeds.max())
+    short = (seeds > 0) & (seeds < most)
+    cells.loc[short, "reason"] = seeds[short].map(lambda n: f"{n} of {most} seeds")
+
+
 def our_cells(export: Export, view: View) -> pd.DataFrame:
     points = run_points(export, view)
     rows = []
@@ -143,12 +183,11 @@ def our_cells(export: Export, view: View) -> pd.DataFrame:
         stats = summarize(done["value"].to_numpy(dtype=float))
         reason = "" if stats.n else missing_reason(group["outcome"])
         rows.append({**dict(zip(KEYS, key, strict=True)), **stats.__dict__, "reason": reason,
-                     "seeds": done["seed"].nunique()})
-    cells = pd.DataFrame(rows, columns=[*KEYS, "n", "mean", "se", "iqm", "iqm_low", "iqm_high", "reason", "seeds"])
-    if not cells.empty:  # fewer seeds than the best-covered cell of the same view: asked for, not all delivered
-        most = int(cells["seeds"].max())
-        short = (cells["seeds"] > 0) & (cells["seeds"] < most)
-        cells.loc[short, "reason"] = cells.loc[short, "seeds"].map(lambda n: f"{n} of {most} seeds")
+                     **(best_stats(done) if has_best(view) else {}), "seeds": done["seed"].nunique()})
+    columns = [*KEYS, "n", "mean", "se", "iqm", "iqm_low", "iqm_high", "reason",
+               *(BEST_COLUMNS if has_best(view) else []), "seeds"]
+    cells = pd.DataFrame(rows, columns=columns)
+    mark_short(cells, cells["seeds"])
     return cells.drop(columns="seeds")
 
 
@@ -177,13 +216,17 @@ def cells(export: Export, paper: pd.DataFrame, view: View) -> pd.DataFrame:
                                           how="outer")
     merged["x"] = merged.pop("_x").replace(-1.0, np.nan)
     merged["n"] = merged["n"].fillna(0).astype(int)
+    best = BEST_COLUMNS if has_best(view) else []
+    if best:
+        counts = ["best_n", "evaluated_during_training"]
+        merged[counts] = merged[counts].fillna(0).astype(int)
     merged.loc[merged["n"].eq(0) & merged["reason"].isna(), "reason"] = "no runs"
     merged["reason"] = merged["reason"].fillna("")
     merged.loc[merged["paper_status"].isna(), "paper_status"] = "not in paper"
     merged["paper_provenance"] = merged["paper_provenance"].fillna("")
     if view.paper_elsewhere:
         fill_from_elsewhere(merged, paper, *view.paper_elsewhere)
-    return merged[CELL_COLUMNS].sort_values(["task", "algo", "x", "variant"], ignore_index=True)
+    return merged[[*CELL_COLUMNS, *best]].sort_values(["task", "algo", "x", "variant"], ignore_index=True)
 
 
 def fill_from_elsewhere(merged: pd.DataFrame, paper: pd.DataFrame, figure: str, variant: str) -> None:
@@ -214,7 +257,7 @@ def scale(export: Export, view: View) -> dict[str, str]:
         return ", ".join(zero if str(v) in ("0", "0.0") else str(v)
                          for v in sorted(runs[column].dropna().unique(), key=str))
 
-    seeds = runs.groupby(["task", "algo", "c", "valuable_subgoals"], dropna=False)["seed"].nunique()
+    seeds = runs.groupby(["task", "algo", "c", "valuable_subgoals", "z", "z_dim"], dropna=False)["seed"].nunique()
     return {"runs": str(len(runs)), "presets": values("preset"), "gradient updates": values("steps"),
             "seeds per cell": f"{seeds.min()}–{seeds.max()}" if seeds.min() != seeds.max() else str(seeds.min()),
             "tasks": values("task"), "test tasks per run": values("eval_tasks", "all held-out"),

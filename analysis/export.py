@@ -3,7 +3,11 @@
 - ``runs.csv``: one row per trial (the latest completed run of each trial key), plus the latest unfinished run of a
   trial that never completed, so the report can say why a number is missing. Columns: identity (run id, experiment,
   sweep), the trial's settings (algo, task, seed, preset, steps, c, n_context, valuable_subgoals, eval tasks and
-  episodes), its outcome, the per-run scalars the paper reports and the final training loss.
+  episodes; for DM-H how its sub-goal z is drawn and its size), its outcome, the per-run scalars the paper reports,
+  the final training loss, and the best evaluation beside the final one (``best_return``: the max over the
+  evaluations during training, ``Metric.LAST_RETURN_DURING_TRAINING``, and the final ``last_return``;
+  ``best_normalized_score`` the same for D4RL; ``evals_during_training`` how many evaluations during training the
+  run logged, 0 where best = final).
 - ``curves.csv``: one row per completed run and online episode: the in-context curve (``Metric.CURVE``, mean over
   test tasks), ``episode`` counted from 1.
 
@@ -22,11 +26,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from dmh.data.d4rl import normalized_score
 from dmh.errors import DmhError
 from dmh.io import atomic_path
-from dmh.vocabulary import RUNTIME_PARAMS, Metric, Outcome, Tag
+from dmh.vocabulary import D4RL_TASKS, RUNTIME_PARAMS, Metric, Outcome, Tag
 
 # Per-run scalars: column → MLflow metric (latest value); every key of Metric.RESULTS has one.
 SCALARS = {
@@ -43,8 +49,12 @@ SETTINGS = {  # column → param, with its type
 }
 # Settings that training also sets as tags, read from the tag where the param is missing.
 SETTING_TAGS = {"algo": Tag.ALGO, "task": Tag.TASK}
-RUN_COLUMNS = ["run_id", "experiment", "sweep", "trial_key", *SETTINGS, "outcome", "status_detail", *SCALARS,
-               "end_time"]
+# DM-H's sub-goal z as it logs it (DMHConfig's fields under "model."), read into the columns ``z`` and ``z_dim``.
+Z_DRAW_PARAM, Z_TRAIN_PARAM, Z_DIM_PARAM = "model.z_draw", "model.z_train", "model.z_dim"
+# The best evaluation beside the final one: max over the evaluations during training and the final one.
+BEST = ["best_return", "best_normalized_score", "evals_during_training"]
+RUN_COLUMNS = ["run_id", "experiment", "sweep", "trial_key", *SETTINGS, "z", "z_dim", "outcome", "status_detail",
+               *SCALARS, *BEST, "end_time"]
 CURVE_COLUMNS = ["run_id", "episode", "return"]
 
 
@@ -83,6 +93,30 @@ def setting(column: str, params: dict[str, str], tags: dict[str, str]) -> str | 
     return params.get(column) or (tags.get(tag) if tag else None)
 
 
+def z_draw(params: dict[str, str]) -> str | None:
+    """How a DM-H run draws its sub-goal z, by the z study's names (sweeps/z_study.py): ``mean`` where training uses
+    z's mean, else ``model.z_draw`` (``step``: a sample per step; ``block``: one per block); None without a z."""
+    if params.get(Z_TRAIN_PARAM) == "mean":
+        return "mean"
+    return params.get(Z_DRAW_PARAM) or None
+
+
+def with_best(runs: pd.DataFrame, histories: dict[str, list[float]]) -> pd.DataFrame:
+    """``runs`` with the BEST columns, from each run's evaluations during training (run id → values; a run missing
+    from ``histories`` logged none, and its best is its final evaluation)."""
+    counts = runs["run_id"].map(lambda r: len(histories.get(r, ())))
+    during = runs["run_id"].map(lambda r: max(histories[r]) if histories.get(r) else math.nan).astype(float)
+    best = np.fmax(runs["last_return"].astype(float), during)  # fmax: NaN only where both are
+    # D4RL's normalisation is linear and increasing, so the best normalised score is the normalised best return;
+    # taken against the logged final score, so a run without evaluations during training keeps it exactly
+    d4rl = runs["task"].isin(D4RL_TASKS)
+    normalized = pd.Series(math.nan, index=runs.index)
+    normalized[d4rl] = [normalized_score(task, value) if not math.isnan(value) else math.nan
+                        for task, value in zip(runs.loc[d4rl, "task"], during[d4rl], strict=True)]
+    best_score = np.fmax(runs["normalized_score"].astype(float), normalized).where(d4rl)
+    return runs.assign(best_return=best, best_normalized_score=best_score, evals_during_training=counts)
+
+
 def _typed(value: str | None, kind: type) -> object:
     # "None": the unresolved task default (c, n_context) of a config logged as is, e.g. by a sweep recording an
     # out-of-memory trial whose training never started
@@ -111,7 +145,7 @@ def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Expo
         chosen = list(found.values())
     else:
         chosen = [e for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY) if e.name != "Default"]
-    rows = []
+    rows, evaluated = [], set()
     for exp in chosen:
         for run in client.search_runs([exp.experiment_id], max_results=50_000, run_view_type=ViewType.ACTIVE_ONLY):
             params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
@@ -120,12 +154,20 @@ def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Expo
             row = {"run_id": run.info.run_id, "experiment": exp.name, "sweep": tags.get(Tag.SWEEP) or exp.name,
                    "trial_key": trial_key(exp.name, params),
                    **{col: _typed(setting(col, params, tags), kind) for col, kind in SETTINGS.items()},
+                   "z": z_draw(params), "z_dim": _typed(params.get(Z_DIM_PARAM), int),
                    "outcome": outcome(run.info.status, tags, metrics),
                    "status_detail": tags.get(Tag.STATUS_DETAIL, ""),
                    **{col: metrics.get(name, math.nan) for col, name in SCALARS.items()},
                    "end_time": run.info.end_time or run.info.start_time or 0}
             rows.append(row)
-    runs = latest_per_trial(pd.DataFrame(rows, columns=RUN_COLUMNS))
+            if Metric.LAST_RETURN_DURING_TRAINING in metrics:
+                evaluated.add(run.info.run_id)
+    runs = latest_per_trial(pd.DataFrame(rows, columns=RUN_COLUMNS).drop(columns=BEST))
+    # a history costs one request per run: only for the runs kept that logged one
+    histories = {run_id: [m.value for m in client.get_metric_history(run_id, Metric.LAST_RETURN_DURING_TRAINING)]
+                 for run_id in runs["run_id"] if run_id in evaluated}
+    runs = with_best(runs, histories)[RUN_COLUMNS] if len(runs) else runs.reindex(columns=RUN_COLUMNS)
+    runs["z_dim"] = runs["z_dim"].astype("Int64")  # an integer in runs.csv, empty for a run without z
     curves = []
     for run_id in runs.loc[runs["outcome"] == Outcome.COMPLETED, "run_id"]:
         history = client.get_metric_history(run_id, Metric.CURVE)
@@ -170,4 +212,5 @@ def load_export(folder: Path) -> Export:
         if absent:
             raise DmhError(f"{folder / name} lacks column(s) {', '.join(absent)}: re-export it")
     runs["status_detail"] = runs["status_detail"].fillna("")
+    runs["z_dim"] = runs["z_dim"].astype("Int64")  # as exported: read_csv makes an integer column with gaps float
     return Export(runs, curves, json.loads(paths["meta.json"].read_text()))

@@ -5,10 +5,13 @@
 
 1. Export: the runs of the chosen MLflow experiments (default: all) → ``OUT/data/{runs,curves}.csv`` (one row per
    trial, latest result wins); ``--from-cache`` rebuilds from that cache without a tracking server.
-2. Tables 1, 2, 4 → ``OUT/tables/*.{md,tex,csv}``; Figures 2–6 → ``OUT/figures/*.{png,pdf}``.
+2. Tables 1, 2, 4 and this project's z study → ``OUT/tables/*.{md,tex,csv}``; Figures 2–6 →
+   ``OUT/figures/*.{png,pdf}``.
 3. For every table and figure a paper-vs-this-project comparison (``OUT/comparison/<view>.{md,csv}``: mean ± s.e.,
-   IQM with a 95 % bootstrap interval, the paper's number, and why anything is missing).
-4. ``OUT/index.md`` links everything and states the scale of every number (preset, gradient updates, seeds, tasks).
+   IQM with a 95 % bootstrap interval, the paper's number, and why anything is missing; for a return or score both
+   the final evaluation, which the paper's number compares with, and the best evaluation during training).
+4. ``OUT/index.md`` links everything and states the scale of every number (preset, gradient updates, seeds, tasks);
+   ``OUT/index.html`` says the same on one self-contained page with every table and figure inline.
 
 A partial sweep still produces everything: cells without runs say so.
 """
@@ -24,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, tables
-from analysis.compare import VIEWS, cells, scale
-from analysis.export import export_runs, load_export, save_export
+from analysis import figures, tables, z_table
+from analysis.compare import VIEWS, best_note, cells, has_best, scale
+from analysis.export import Export, export_runs, load_export, save_export
+from analysis.index import FINAL_VS_BEST, Entry, Section, html_index, markdown_index
 from analysis.paper import load_paper_numbers
 from analysis.stats import CONFIDENCE
 from dmh.errors import DmhError
@@ -78,23 +82,34 @@ FIGURES: dict[str, FigureSpec] = {
 
 
 def comparison(frame: pd.DataFrame) -> pd.DataFrame:
-    """A view's cells as text: ours (mean ± s.e. (seeds), IQM [CI]) beside the paper, with the reasons."""
+    """A view's cells as text: ours (mean ± s.e. (seeds), IQM [CI]) beside the paper, with the reasons; for a
+    return or score, ours final (the paper's protocol) and ours best during training."""
     def iqm(row: pd.Series) -> str:
         if row["n"] == 0:
             return "—"
         ci = "" if math.isnan(row["iqm_low"]) else f" [{row['iqm_low']:.3g}, {row['iqm_high']:.3g}]"
         return f"{row['iqm']:.3g}{ci}"
 
-    return pd.DataFrame({
+    best = "best_mean" in frame.columns  # compare.BEST_COLUMNS
+    ours = "ours final" if best else "ours"
+    text = pd.DataFrame({
         "task": frame["task"].map(tables.task_label), "algo": frame["algo"].map(lambda a: tables.ALGO_LABELS.get(a, a)),
         "variant": frame["variant"], "x": frame["x"].map(lambda x: "" if math.isnan(x) else f"{x:g}"),
-        "ours mean ± s.e. (seeds)": [tables.fmt(m, s, n or None) for m, s, n in
-                                     zip(frame["mean"], frame["se"], frame["n"], strict=True)],
-        f"ours IQM [{CONFIDENCE:.0%} CI]": frame.apply(iqm, axis=1),
-        "paper": frame.apply(tables.paper_fmt, axis=1),
-        "note": [note(*row) for row in zip(frame["reason"], frame["paper_status"], frame["paper_provenance"],
-                                            strict=True)],
+        f"{ours} mean ± s.e. (seeds)": [tables.fmt(m, s, n or None) for m, s, n in
+                                        zip(frame["mean"], frame["se"], frame["n"], strict=True)],
+        f"{ours} IQM [{CONFIDENCE:.0%} CI]": frame.apply(iqm, axis=1),
     })
+    notes = [note(*row) for row in zip(frame["reason"], frame["paper_status"], frame["paper_provenance"],
+                                       strict=True)]
+    if best:
+        text["ours best during training mean ± s.e. (seeds)"] = [
+            tables.fmt(m, s, n or None) for m, s, n in zip(frame["best_mean"], frame["best_se"], frame["best_n"],
+                                                           strict=True)]
+        notes = [" ; ".join(p for p in (text_note, best_note(n, k)) if p) for text_note, n, k in
+                 zip(notes, frame["n"], frame["evaluated_during_training"], strict=True)]
+    text["paper"] = frame.apply(tables.paper_fmt, axis=1)
+    text["note"] = notes
+    return text
 
 
 def note(reason: str, paper_status: str, provenance: str) -> str:
@@ -118,62 +133,67 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
         save_export(export, data_dir)
     paper = load_paper_numbers()
     view_cells = {name: cells(export, paper, view) for name, view in VIEWS.items()}
+    texts = {name: comparison(frame) for name, frame in view_cells.items()}
     written: dict[str, list[Path]] = {}
     for name, frame in view_cells.items():
-        text = comparison(frame)
         written[f"comparison/{name}"] = [out / "comparison" / f"{name}.md", out / "comparison" / f"{name}.csv"]
+        legend = f"{FINAL_VS_BEST}\n\n" if has_best(VIEWS[name]) else ""
         with atomic_path(written[f"comparison/{name}"][0]) as tmp:
-            tmp.write_text(f"**{VIEWS[name].title}: paper vs this project**\n\n" + tables.markdown(text))
+            tmp.write_text(f"**{VIEWS[name].title}: paper vs this project**\n\n{legend}" + tables.markdown(texts[name]))
         with atomic_path(written[f"comparison/{name}"][1]) as tmp:
             frame.to_csv(tmp, index=False)
+    study = z_table.z_table(export)
     built = [tables.table1(view_cells["table1"], view_cells["table1_efficiency"]),
              tables.table2(view_cells["table2"], paper),
-             tables.table4(view_cells["table4_offline"], view_cells["table4_online"], paper)]
+             tables.table4(view_cells["table4_offline"], view_cells["table4_online"], paper), study]
     for table in built:
         written[f"tables/{table.name}"] = tables.write_table(table, out / "tables")
     for name, spec in FIGURES.items():
         written[f"figures/{name}"] = figures.save(spec.draw(view_cells), out / "figures", name)
+    parts = sections(export, view_cells, {table.name: table for table in built}, written)
     index = out / "index.md"
     with atomic_path(index) as tmp:
-        tmp.write_text(index_text(out, export.source, view_cells, written, export))
+        tmp.write_text(markdown_index(out, export.source, parts))
+    with atomic_path(out / "index.html") as tmp:
+        tmp.write_text(html_index(out, export.source, parts, texts), encoding="utf-8")
     for name, frame in view_cells.items():  # what this project has: its cells beside the paper's
         ours = frame[frame["n"] > 0]
         if len(ours):
             echo(f"\n{VIEWS[name].title}: paper vs this project ({len(frame) - len(ours)} more paper cells without "
                  f"runs here: {written[f'comparison/{name}'][0]})\n")
             echo(tables.markdown(comparison(ours)))
+    if (study.numbers["n"] > 0).any():
+        echo(f"\n{z_table.TITLE} ({written[f'tables/{study.name}'][0]})\n")
+        echo(tables.markdown(study.text))
     return index
 
 
-def index_text(out: Path, source: dict, view_cells: dict[str, pd.DataFrame], written: dict[str, list[Path]],
-               export: object) -> str:
-    lines = ["# DM-H reproduction report", "",
-             f"Built from MLflow store `{source.get('tracking_uri')}`, experiments "
-             f"{', '.join(source.get('experiments', [])) or '(none)'}, exported {source.get('exported_at')}.",
-             "Ours: mean ± standard error over seeds (seeds in brackets), and the interquartile mean with a "
-             f"{CONFIDENCE:.0%} percentile-bootstrap interval. Paper: the published number "
-             "(analysis/paper_numbers.csv, provenance per number). A missing number is shown as missing, with its "
-             "reason.", ""]
-    owners = {f"tables/{t}": views for t, views in
-              (("table1", ("table1", "table1_efficiency")), ("table2", ("table2",)),
-               ("table4", ("table4_offline", "table4_online")))}
-    owners.update({f"figures/{name}": spec.views for name, spec in FIGURES.items()})
-    for output, views in owners.items():
-        links = " · ".join(f"[{p.suffix[1:]}]({p.relative_to(out).as_posix()})" for p in written[output])
-        lines += [f"## {output.split('/')[1]}", "", links, ""]
-        for view in views:
-            frame = view_cells[view]
-            ours = int((frame["n"] > 0).sum())
-            cmp_link = written[f"comparison/{view}"][0].relative_to(out).as_posix()
-            lines.append(f"- **{VIEWS[view].title}** — {ours} of {len(frame)} cells have this project's runs; "
-                         f"[paper vs this project]({cmp_link})")
-            scale_text = "; ".join(f"{k}: {v}" for k, v in scale(export, VIEWS[view]).items())
-            lines.append(f"  - scale: {scale_text}")
-            reasons = frame.loc[frame["reason"] != "", "reason"].value_counts()
-            if len(reasons):
-                lines.append("  - missing or thin: " + ", ".join(f"{r} ×{k}" for r, k in reasons.items()))
-        lines.append("")
-    return "\n".join(lines)
+# The paper's tables and the views each shows.
+TABLE_VIEWS = {"table1": ("table1", "table1_efficiency"), "table2": ("table2",),
+               "table4": ("table4_offline", "table4_online")}
+
+
+def sections(export: Export, view_cells: dict[str, pd.DataFrame], built: dict[str, tables.Table],
+             written: dict[str, list[Path]]) -> list[Section]:
+    """Every table and figure of the report, with what the index says of its views: the paper's tables, the z
+    study (this project's, without a paper number), the figures."""
+    def missing(frame: pd.DataFrame) -> dict[str, int]:
+        return {str(r): int(k) for r, k in frame.loc[frame["reason"] != "", "reason"].value_counts().items()}
+
+    def entry(view: str) -> Entry:
+        frame = view_cells[view]
+        return Entry(view, VIEWS[view].title, int((frame["n"] > 0).sum()), len(frame), scale(export, VIEWS[view]),
+                     missing(frame), written[f"comparison/{view}"][0])
+
+    def table(name: str, entries: list[Entry]) -> Section:
+        return Section("tables", name, written[f"tables/{name}"], entries, built[name].caption, built[name].text)
+
+    study = built[z_table.SWEEP].numbers
+    return [*(table(name, [entry(v) for v in views]) for name, views in TABLE_VIEWS.items()),
+            table(z_table.SWEEP, [Entry(z_table.SWEEP, z_table.TITLE, int((study["n"] > 0).sum()), len(study),
+                                        scale(export, z_table.VIEW), missing(study), None)]),
+            *(Section("figures", name, written[f"figures/{name}"], [entry(v) for v in spec.views])
+              for name, spec in FIGURES.items())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     except DmhError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"\nreport: {index} (tables in {args.out / 'tables'}, figures in {args.out / 'figures'})")
+    print(f"\nreport: {index} and {index.with_suffix('.html')} (tables in {args.out / 'tables'}, figures in "
+          f"{args.out / 'figures'})")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Statistics over seeds: the paper's mean ± standard error, and beside it the interquartile mean (IQM) with a
 percentile-bootstrap confidence interval (Agarwal et al., 2021, "Deep RL at the Edge of the Statistical Precipice"),
-which is robust to the one seed that diverged and honest about how little 3 or 10 seeds say.
+which is robust to the one seed that diverged and honest about how little 3 or 10 seeds say. For the mean itself
+with few seeds, a Student-t interval (:func:`t_interval`): a bootstrap over 3 values cannot be wider than their range.
 
 The IQM is computed as rliable computes it, ``scipy.stats.trim_mean(x, 0.25)``, so our IQMs compare with published
 ones; rliable itself is not a dependency because it does not work with pandas 3
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import t as student_t
 from scipy.stats import trim_mean
 
 BOOTSTRAP_SAMPLES = 2000  # resamples per confidence interval: percentile ends stable to about ±0.01 s.e.
-CONFIDENCE = 0.95  # two-sided level of the IQM interval
+CONFIDENCE = 0.95  # two-sided level of the IQM and t intervals
 BOOTSTRAP_SEED = 0  # fixed, so a report rebuilt from the same runs is identical
 
 
@@ -63,6 +65,17 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic=iqm, samples: i
     tail = (1 - confidence) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return float(low), float(high)
+
+
+def t_interval(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Student-t interval of the mean, mean ± t(n - 1) · s.e., with t the two-sided ``confidence`` quantile of n - 1
+    degrees of freedom (4.30 at 3 seeds, 2.26 at 10, against the normal 1.96); (NaN, NaN) for fewer than two
+    values."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return math.nan, math.nan
+    half = float(student_t.ppf((1 + confidence) / 2, len(x) - 1)) * standard_error(x)
+    return float(x.mean()) - half, float(x.mean()) + half
 
 
 def summarize(values: Sequence[float] | np.ndarray) -> Summary:

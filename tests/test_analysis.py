@@ -9,10 +9,12 @@ import pytest
 import scipy.stats
 from mlflow import MlflowClient
 
-from analysis import make_all
-from analysis.export import export_runs, load_export
-from analysis.stats import bootstrap_ci, iqm, standard_error, summarize
+from analysis import make_all, z_table
+from analysis.export import export_runs, load_export, z_draw
+from analysis.stats import bootstrap_ci, iqm, standard_error, summarize, t_interval
+from dmh.data.d4rl import normalized_score
 from dmh.envs.mujoco import D4RL_DATASETS
+from dmh.errors import DmhError
 from dmh.vocabulary import Metric, Outcome, Tag
 
 # ------------------------------------------------------------------------------------------------------- statistics
@@ -54,6 +56,16 @@ def test_bootstrap_interval_is_reproducible_brackets_the_iqm_and_narrows_with_mo
     assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
 
 
+def test_t_interval_is_the_mean_plus_minus_students_t_quantile_times_the_standard_error():
+    low, high = t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2 dof) · s.e. (std 1, 3 seeds)
+    assert (low, high) == pytest.approx((2.0 - half, 2.0 + half))
+    x = np.random.default_rng(2).normal(size=10)
+    expected = scipy.stats.t.interval(0.95, df=9, loc=x.mean(), scale=scipy.stats.sem(x))
+    assert t_interval(x) == pytest.approx(expected)
+    assert all(math.isnan(v) for v in t_interval([1.0]))
+
+
 def test_summary_drops_nans_and_counts_seeds():
     s = summarize([1.0, math.nan, 3.0])
     assert (s.n, s.mean) == (2, 2.0)
@@ -70,13 +82,17 @@ class Store:
         self.clock = 1_000_000
 
     def run(self, sweep, algo, task, seed, *, c=20, subgoals=True, last_return=None, curve=None, score=None,
-            online=None, offline=None, status="FINISHED", oom=False, steps=100, experiment=None):
+            online=None, offline=None, status="FINISHED", oom=False, steps=100, experiment=None, during=None,
+            params=None):
+        """``during``: the values of ``Metric.LAST_RETURN_DURING_TRAINING``, one per evaluation during training;
+        ``params``: more logged params (e.g. the z study's ``model.z_draw``)."""
         exp = self.client.get_experiment_by_name(experiment or sweep)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment or sweep)
         self.clock += 1000
         run = self.client.create_run(exp_id, start_time=self.clock, tags={"sweep": sweep, "algo": algo, "task": task})
         params = dict(algo=algo, task=task, seed=seed, preset="smoke", steps=steps, c=c, n_context=4,
-                      valuable_subgoals=subgoals, eval_tasks=2, eval_episodes=3, threads=1, run_dir="x")
+                      valuable_subgoals=subgoals, eval_tasks=2, eval_episodes=3, threads=1, run_dir="x",
+                      **(params or {}))
         for k, v in params.items():
             self.client.log_param(run.info.run_id, k, str(v))
         metrics = {"eval/last_return": last_return, "eval/normalized_score": score, "time/online_min": online,
@@ -86,6 +102,9 @@ class Store:
                 self.client.log_metric(run.info.run_id, name, value, step=steps)
         for episode, value in enumerate(curve or []):
             self.client.log_metric(run.info.run_id, "eval/return", value, step=episode)
+        for i, value in enumerate(during or [], start=1):  # every steps / (len + 1) updates, as eval_every does
+            self.client.log_metric(run.info.run_id, Metric.LAST_RETURN_DURING_TRAINING, value,
+                                   step=i * steps // (len(during) + 1))
         if oom:
             self.client.log_metric(run.info.run_id, "oom", 1.0)
             self.client.set_tag(run.info.run_id, "status_detail", "out_of_memory")
@@ -95,12 +114,26 @@ class Store:
 
 C_RETURNS = {1: [0.0, 0.5, 0.6, 0.7, 5.0], 10: [0.2, 0.4, 0.6, 0.8, 1.0]}  # 5 seeds each
 D4RL_DMH = {name: (80.0 + i, 82.0 + i) for i, name in enumerate(D4RL_DATASETS)}  # 2 seeds, mean 81 + i, se 1
+# The z study's draws as sweeps/z_study.py logs them.
+Z_DRAWS = {"step": {"model.z_train": "sample", "model.z_draw": "step"},
+           "block": {"model.z_train": "sample", "model.z_draw": "block"},
+           "mean": {"model.z_train": "mean", "model.z_draw": "block"}}
+# (task, z, z_dim, valuable sub-goals) → per seed (first-episode return, final return, evaluations during training);
+# listed out of the table's order, which sorts them
+Z_RUNS = {("darkroom-hard", "mean", 8, True): [(0.0, 0.4, []), (0.2, 0.6, [])],
+          ("darkroom-hard", "block", 2, True): [(0.0, 0.3, [0.1])],
+          ("darkroom-hard", "step", 2, True): [(0.1, 0.5, [0.2, 0.95]), (0.2, 0.7, []), (0.3, 0.9, [])],
+          ("darkroom", "block", 2, True): [(0.0, 1.0, [])]}
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """A synthetic store covering every view, and the report built from it."""
-    folder = tmp_path_factory.mktemp("report")
+def return_for_score(task, score):
+    """The return whose D4RL normalised score is ``score`` (the map is linear)."""
+    zero, one = normalized_score(task, 0.0), normalized_score(task, 1.0)
+    return (score - zero) / (one - zero)
+
+
+def synthetic_report(folder):
+    """A synthetic store covering every view and the z study in ``folder``, and the report built from it."""
     store = Store(folder / "mlflow.db")
     for c, values in C_RETURNS.items():
         for seed, value in enumerate(values):
@@ -115,7 +148,10 @@ def report(tmp_path_factory):
     store.run("c_sensitivity", "dmh", "large-darkroom-hard", 0, c=15, status="KILLED")
     for name, (a, b) in D4RL_DMH.items():
         for seed, value in enumerate((a, b)):
-            store.run("d4rl", "dmh", name, seed, score=value, last_return=value * 30, online=2.0, offline=1.0)
+            # the first dataset's seed 0 scored 95 during training, above its final 80
+            during = [return_for_score(name, 95.0)] if (name, seed) == (D4RL_DATASETS[0], 0) else None
+            store.run("d4rl", "dmh", name, seed, score=value, last_return=value * 30, online=2.0, offline=1.0,
+                      during=during)
     for seed, value in enumerate((60.0, 70.0)):  # one AD (Transformer) dataset only
         store.run("d4rl", "ad-transformer", "hopper-medium-v2", seed, score=value, last_return=1, online=50.0,
                   offline=3.0 + seed)
@@ -126,13 +162,25 @@ def report(tmp_path_factory):
                   offline=0.7)
     store.run("tmaze", "dmh", "tmaze-20", 0, last_return=1.0, online=0.1, offline=0.2)
     store.run("tmaze", "dt", "tmaze-20000", 0, oom=True)
-    for subgoals, value in ((True, 0.9), (False, 0.5)):
-        store.run("subgoal_ablation", "dmh", "darkroom-hard", 0, subgoals=subgoals, last_return=value)
+    # with valuable sub-goals the best evaluation came during training; without, it is the final one
+    for subgoals, value, during, score_during in ((True, 0.9, [0.2, 1.4], 95.0), (False, 0.5, [0.1, 0.3], 10.0)):
+        store.run("subgoal_ablation", "dmh", "darkroom-hard", 0, subgoals=subgoals, last_return=value, during=during)
         store.run("subgoal_ablation", "dmh", "hopper-medium-v2", 0, subgoals=subgoals, score=value * 100,
-                  last_return=1)
+                  last_return=1, during=[return_for_score("hopper-medium-v2", score_during)])
+    for (task, z, z_dim, subgoals), seeds in Z_RUNS.items():
+        for seed, (first, final, during) in enumerate(seeds):
+            store.run("z_study", "dmh", task, seed, subgoals=subgoals, last_return=final, curve=[first, final],
+                      during=during, params={**Z_DRAWS[z], "model.z_dim": z_dim})
+    store.run("z_study", "dmh", "darkroom-hard", 0, subgoals=False, status="KILLED",
+              params={**Z_DRAWS["block"], "model.z_dim": 32})
     out = folder / "reports"
     assert make_all.main(["--tracking-uri", store.uri, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return synthetic_report(tmp_path_factory.mktemp("report"))
 
 
 def read(report, name):
@@ -141,7 +189,7 @@ def read(report, name):
 
 def test_every_table_and_figure_is_written_and_linked_from_the_index(report):
     index = (report / "index.md").read_text()
-    for name in ("table1", "table2", "table4"):
+    for name in ("table1", "table2", "table4", "z_study"):
         for ext in ("md", "tex", "csv"):
             assert (report / "tables" / f"{name}.{ext}").stat().st_size > 0
             assert f"tables/{name}.{ext}" in index
@@ -252,7 +300,8 @@ def test_the_cached_export_rebuilds_the_same_report_without_the_store(report, tm
     for name in ("runs.csv", "curves.csv", "meta.json"):
         (cached / "data" / name).write_bytes((report / "data" / name).read_bytes())
     assert make_all.main(["--from-cache", "--out", str(cached), "--tracking-uri", "sqlite:////nonexistent.db"]) == 0
-    assert (cached / "tables" / "table2.csv").read_text() == (report / "tables" / "table2.csv").read_text()
+    for table in ("table2.csv", "z_study.csv"):
+        assert (cached / "tables" / table).read_text() == (report / "tables" / table).read_text(), table
     export = load_export(cached / "data")
     assert export.runs["trial_key"].is_unique
 
@@ -306,3 +355,165 @@ def test_a_setting_logged_as_none_exports_as_missing_not_as_an_error(tmp_path):
     (row,) = (r for _, r in export_runs(client.tracking_uri).runs.iterrows())
     assert (row["algo"], row["task"], row["outcome"]) == ("dt", "tmaze-20000", Outcome.OUT_OF_MEMORY)
     assert pd.isna(row["c"]) and pd.isna(row["n_context"])
+
+
+# ------------------------------------------------------------------------------ the best evaluation beside the final
+def runs_csv(report):
+    return pd.read_csv(report / "data" / "runs.csv")
+
+
+def test_best_return_is_the_max_over_evaluations_during_training_and_the_final_one(report):
+    runs = runs_csv(report)
+    ablation = runs[(runs["sweep"] == "subgoal_ablation") & (runs["task"] == "darkroom-hard")]
+    by_subgoals = ablation.set_index("valuable_subgoals")
+    assert by_subgoals.loc[True, "best_return"] == pytest.approx(1.4)  # during training, above the final 0.9
+    assert by_subgoals.loc[False, "best_return"] == pytest.approx(0.5)  # the final, above 0.1 and 0.3 during
+    assert list(ablation["evals_during_training"]) == [2, 2]
+    plain = runs[runs["sweep"] == "c_sensitivity"].dropna(subset=["last_return"])
+    assert (plain["best_return"] == plain["last_return"]).all() and (plain["evals_during_training"] == 0).all()
+
+
+def test_best_normalized_score_is_the_best_return_normalised_and_never_below_the_final_score(report):
+    runs = runs_csv(report)
+    hopper = runs[(runs["sweep"] == "subgoal_ablation") & (runs["task"] == "hopper-medium-v2")]
+    by_subgoals = hopper.set_index("valuable_subgoals")
+    assert by_subgoals.loc[True, "best_normalized_score"] == pytest.approx(95.0)  # normalised 95 during training
+    assert by_subgoals.loc[False, "best_normalized_score"] == 50.0  # 10 during training, 50 at the end
+    d4rl = runs[runs["sweep"] == "d4rl"]
+    unevaluated = d4rl[d4rl["evals_during_training"] == 0]
+    assert len(unevaluated) and (unevaluated["best_normalized_score"] == unevaluated["normalized_score"]).all()
+    assert runs.loc[runs["sweep"] == "grid_world", "best_normalized_score"].isna().all()  # not D4RL
+
+
+def test_the_export_reads_the_evaluation_history_only_of_runs_that_logged_one(tmp_path, monkeypatch):
+    store = Store(tmp_path / "mlflow.db")
+    evaluated = store.run("c_sensitivity", "dmh", "darkroom", 0, last_return=1.0, during=[2.0, 0.5])
+    store.run("c_sensitivity", "dmh", "darkroom", 1, last_return=1.0)
+    fetched = []
+    real = MlflowClient.get_metric_history
+
+    def spy(self, run_id, key, *args, **kwargs):
+        fetched.append((run_id, key))
+        return real(self, run_id, key, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", spy)
+    runs = export_runs(store.uri).runs.set_index("seed")
+    assert [r for r, key in fetched if key == Metric.LAST_RETURN_DURING_TRAINING] == [evaluated]
+    assert list(runs["best_return"]) == [2.0, 1.0] and list(runs["evals_during_training"]) == [2, 0]
+
+
+def test_a_return_views_cells_hold_the_best_evaluation_beside_the_final_one(report):
+    grid = read(report, "fig4a").set_index(["task", "variant"]).loc[("darkroom-hard", "with_subgoals")]
+    assert (grid["mean"], grid["best_mean"], grid["best_n"]) == (pytest.approx(0.9), pytest.approx(1.4), 1)
+    assert grid["evaluated_during_training"] == 1
+    d4rl = read(report, "fig6").set_index(["task", "variant"]).loc[("hopper-medium-v2", "with_subgoals")]
+    assert (d4rl["mean"], d4rl["best_mean"]) == (pytest.approx(90.0), pytest.approx(95.0))
+    header = (report / "comparison" / "fig4a.md").read_text().splitlines()[4]
+    assert "| ours final mean ± s.e. (seeds) |" in header and "| ours best during training mean ± s.e. (seeds) |" \
+        in header
+    assert "the paper's protocol" in (report / "comparison" / "fig4a.md").read_text()
+
+
+def test_a_cell_without_evaluations_during_training_says_its_best_is_the_final_one(report):
+    cells = read(report, "fig4b").set_index(["task", "x"])
+    c1 = cells.loc[("large-darkroom-hard", 1.0)]
+    assert c1["best_mean"] == c1["mean"] and c1["best_n"] == 5 and c1["evaluated_during_training"] == 0
+    row = next(line for line in (report / "comparison" / "fig4b.md").read_text().splitlines()
+               if line.startswith("| Large Darkroom Hard | DM-H | c=1 |"))
+    assert "best = final: no evaluations during training" in row
+
+
+def test_a_cell_where_some_runs_were_evaluated_during_training_averages_their_best_with_the_others_final(report):
+    first = read(report, "table2").set_index(["task", "algo"]).loc[(D4RL_DATASETS[0], "dmh")]
+    assert first["mean"] == pytest.approx(81.0)
+    assert first["best_mean"] == pytest.approx((95.0 + 82.0) / 2)  # seed 0's 95 during training, seed 1's final
+    assert first["evaluated_during_training"] == 1
+    assert "best: 1 of 2 runs evaluated during training" in (report / "comparison" / "table2.md").read_text()
+
+
+def test_views_of_timings_and_curves_have_no_best_columns(report):
+    for view in ("fig2", "fig5", "table4_online"):
+        assert "best_mean" not in read(report, view).columns, view
+        assert "| ours mean ± s.e. (seeds) |" in (report / "comparison" / f"{view}.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------- the z study
+Z_TABLE_ORDER = [("darkroom", "block", 2, True), ("darkroom-hard", "step", 2, True),
+                 ("darkroom-hard", "block", 2, True), ("darkroom-hard", "mean", 8, True),
+                 ("darkroom-hard", "block", 32, False)]
+
+
+def z_study(report):
+    return pd.read_csv(report / "tables" / "z_study.csv")
+
+
+def test_z_is_the_mean_where_training_uses_it_else_how_a_sample_is_drawn():
+    assert z_draw({"model.z_train": "mean", "model.z_draw": "block"}) == "mean"
+    assert z_draw({"model.z_train": "sample", "model.z_draw": "step"}) == "step"
+    assert z_draw({"model.z_train": "sample", "model.z_draw": "block"}) == "block"
+    assert z_draw({"algo": "dt"}) is None
+
+
+def test_z_study_settings_export_as_z_and_an_integer_z_dim(report):
+    runs = runs_csv(report)
+    study = runs[runs["sweep"] == "z_study"]
+    assert set(zip(study["z"], study["z_dim"], strict=True)) == {("step", 2), ("block", 2), ("mean", 8),
+                                                                 ("block", 32)}
+    as_written = pd.read_csv(report / "data" / "runs.csv", dtype={"z_dim": str})
+    assert set(as_written.loc[as_written["sweep"] == "z_study", "z_dim"]) == {"2", "8", "32"}  # not 2.0
+    assert runs.loc[runs["sweep"] == "tmaze", ["z", "z_dim"]].isna().all().all()  # logged no z
+
+
+def test_z_study_table_has_one_row_per_cell_in_task_subgoals_z_and_z_dim_order(report):
+    table = z_study(report)
+    assert list(zip(table["task"], table["z"], table["z_dim"], table["valuable_subgoals"], strict=True)) == \
+        Z_TABLE_ORDER
+    assert "paper" not in " ".join(table.columns)
+
+
+def test_z_study_cells_hold_final_mean_se_t_interval_best_and_first_episode(report):
+    step = z_study(report).iloc[1]
+    finals = [0.5, 0.7, 0.9]
+    assert (step["n"], step["mean"], step["se"]) == (3, pytest.approx(0.7), pytest.approx(standard_error(finals)))
+    assert (step["t_low"], step["t_high"]) == pytest.approx(t_interval(finals))
+    assert step["best_mean"] == pytest.approx((0.95 + 0.7 + 0.9) / 3)  # seed 0 scored 0.95 during training
+    assert step["evaluated_during_training"] == 1
+    assert (step["first_mean"], step["first_n"]) == (pytest.approx(0.2), 3)
+    text = (report / "tables" / "z_study.md").read_text()
+    assert "| Darkroom Hard | step | 2 | on | 0.20 ± 0.06 (3) | 0.70 ± 0.12 (3) | [0.20, 1.20] | 0.85 ± 0.08 |" in text
+
+
+def test_a_partial_z_study_shows_short_and_unfinished_cells_with_their_reasons(report):
+    table = z_study(report).set_index(["task", "z", "z_dim"])
+    assert table.loc[("darkroom-hard", "mean", 8), "reason"] == "2 of 3 seeds"
+    killed = table.loc[("darkroom-hard", "block", 32)]
+    assert killed["n"] == 0 and math.isnan(killed["mean"]) and killed["reason"] == "not finished (killed ×1)"
+    text = (report / "tables" / "z_study.md").read_text()
+    assert "— (not finished (killed ×1))" in text
+    assert "best = final: no evaluations during training" in text  # the mean cell: no run evaluated in training
+
+
+def test_without_z_study_runs_the_z_table_says_there_are_none(tmp_path):
+    store = Store(tmp_path / "mlflow.db")
+    store.run("c_sensitivity", "dmh", "darkroom", 0, last_return=1.0, params={**Z_DRAWS["block"],
+                                                                             "model.z_dim": 2})
+    table = z_table.z_table(export_runs(store.uri))
+    assert table.numbers.empty
+    assert table.text.iloc[0, 0].startswith("no runs of sweep z_study")
+
+
+def test_the_index_lists_the_z_study_as_this_projects_table_without_a_paper_number(report):
+    index = (report / "index.md").read_text()
+    line = next(line for line in index.splitlines() if line.startswith(f"- **{z_table.TITLE}**"))
+    assert "4 of 5 cells have completed runs (this project's study: no paper number)" in line
+    assert "(tables/z_study.md)" in line
+
+
+def test_a_cache_exported_before_the_best_and_z_columns_asks_for_a_re_export(report, tmp_path):
+    for name in ("runs.csv", "curves.csv", "meta.json"):
+        (tmp_path / name).write_bytes((report / "data" / name).read_bytes())
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    runs.drop(columns=["z", "z_dim", "best_return", "best_normalized_score", "evals_during_training"]).to_csv(
+        tmp_path / "runs.csv", index=False)
+    with pytest.raises(DmhError, match=r"lacks column.*z, z_dim, best_return.*re-export it"):
+        load_export(tmp_path)
