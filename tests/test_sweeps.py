@@ -374,6 +374,18 @@ def test_first_seed_shifts_every_cells_seeds_so_a_campaign_can_add_seeds_later(w
     assert seeds == [3, 3, 4, 4]  # c = 1 and c = 5, each at seeds 3 and 4
 
 
+def test_the_cpu_c_sweep_decodes_the_same_number_of_steps_per_context_at_every_c(workdir, monkeypatch):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)
+    script = importlib.import_module("sweeps.c_sensitivity")
+    args = common.build_parser(script.SWEEP).parse_args(["--preset", "cpu"])
+    configs = [t["config"] for t in common.plan(script.SWEEP, args).trials]
+    decoded = {c["c"]: c["model"]["train_blocks"] * c["c"] for c in configs}
+    assert sorted(decoded) == [1, 5, 10, 15, 20] and {c["task"] for c in configs} == {"darkroom"}
+    assert all(50 <= steps < 50 + c for c, steps in decoded.items())  # ⌈50 / c⌉ blocks of c steps
+
+
 def test_the_z_study_grid_crosses_draw_and_size_and_drops_sub_goals_at_the_largest_size(workdir, monkeypatch):
     from dmh.sweep import plan as plan_module
 
