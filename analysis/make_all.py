@@ -124,12 +124,15 @@ def note(reason: str, paper_status: str, provenance: str) -> str:
     return " ; ".join(p for p in parts if p)
 
 
-def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | None, from_cache: bool,
+def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | None, from_cache: bool | Path,
                  echo: Callable[[str], None] = print) -> Path:
-    """Everything the module docstring lists; returns ``OUT/index.md``."""
+    """Everything the module docstring lists; returns ``OUT/index.md``. ``from_cache``: True reads OUT/data, a
+    folder reads that report's cache (FOLDER/data, or FOLDER itself when it holds runs.csv) and copies it to
+    OUT/data, so the new report carries the numbers it was built from."""
     data_dir = out / "data"
-    export = load_export(data_dir) if from_cache else export_runs(tracking_uri, experiments)
-    if not from_cache:
+    source = cache_folder(from_cache) if isinstance(from_cache, Path) else data_dir
+    export = load_export(source) if from_cache else export_runs(tracking_uri, experiments)
+    if not from_cache or source.resolve() != data_dir.resolve():
         save_export(export, data_dir)
     paper = load_paper_numbers()
     view_cells = {name: cells(export, paper, view) for name, view in VIEWS.items()}
@@ -203,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                         "./mlflow.db)")
     parser.add_argument("--experiments", nargs="+", default=None, help="experiments to read (default: all)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default reports/)")
-    parser.add_argument("--from-cache", action="store_true", help="rebuild from OUT/data without MLflow")
+    parser.add_argument("--from-cache", nargs="?", const=True, default=False, type=Path, metavar="FOLDER",
+                        help="rebuild without MLflow from a report's cache: OUT/data, or FOLDER (a report folder "
+                             "such as docs/results/campaign, or its data/ folder)")
     args = parser.parse_args(argv)
     from dmh.tracking import default_tracking_uri
 
@@ -219,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreport: {index} and {index.with_suffix('.html')} (tables in {args.out / 'tables'}, figures in "
           f"{args.out / 'figures'})")
     return 0
+
+
+def cache_folder(folder: Path) -> Path:
+    """The exported cache a ``--from-cache FOLDER`` names: FOLDER/data, or FOLDER when it holds runs.csv."""
+    for candidate in (folder / "data", folder):
+        if (candidate / "runs.csv").is_file():
+            return candidate
+    raise DmhError(f"--from-cache {folder}: no report cache there (runs.csv in {folder / 'data'} or {folder})")
 
 
 def check_store(uri: str) -> None:

@@ -306,6 +306,19 @@ def test_the_cached_export_rebuilds_the_same_report_without_the_store(report, tm
     assert export.runs["trial_key"].is_unique
 
 
+def test_a_committed_report_folder_rebuilds_elsewhere_from_its_cache(report, tmp_path, capsys):
+    out = tmp_path / "elsewhere"
+    assert make_all.main(["--from-cache", str(report), "--out", str(out), "--tracking-uri",
+                          "sqlite:////nonexistent.db"]) == 0
+    for name in ("tables/table2.csv", "tables/z_study.csv", "data/runs.csv", "index.html"):
+        assert (out / name).is_file(), name
+    assert (out / "tables" / "z_study.csv").read_text() == (report / "tables" / "z_study.csv").read_text()
+    assert make_all.main(["--from-cache", str(report / "data"), "--out", str(tmp_path / "again")]) == 0
+    capsys.readouterr()
+    assert make_all.main(["--from-cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "no report cache there" in capsys.readouterr().err
+
+
 def test_a_missing_store_or_experiment_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "reports"
     assert make_all.main(["--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(out)]) == 2
