@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,3 +173,34 @@ def kill_and_wait(pids: set[int], timeout_s: float = 20) -> set[tuple[int, int]]
     while still_running(processes) and time.monotonic() < deadline:
         time.sleep(0.2)
     return still_running(processes)
+
+
+CHROMIUM = shutil.which("chromium")  # Debian's chromium, which .ci/run installs
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",  # tests run as root in CI
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these Chromium keeps dialling Google's hosts, which the closed network refuses.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def run_chromium(url: str, profile: Path, *args: str, flags: Iterable[str] = CHROMIUM_FLAGS,
+                 timeout_s: float = 60, check: bool = False) -> str:
+    """Headless Chromium on ``url`` with ``args`` (e.g. ``--dump-dom``); its stdout. A timeout fails the test after
+    stopping the browser's whole process group (its renderer and GPU helpers share it); with ``check`` so does a
+    non-zero exit."""
+    browser = subprocess.Popen([CHROMIUM, *flags, f"--user-data-dir={profile}", *args, url],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        out, _ = browser.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(browser.pid, signal.SIGKILL)
+        browser.wait()
+        pytest.fail(f"chromium did not render {url} within {timeout_s} s")
+    assert not check or browser.returncode == 0, f"chromium exited with {browser.returncode} on {url}"
+    return out

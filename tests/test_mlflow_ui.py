@@ -24,24 +24,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from servers_testkit import CHROMIUM, run_chromium
 
 from dmh.tracking import TrackedRun
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium")
 RUNS = {"dmh-c5": 5, "dmh-c20": 20}  # run name -> block size c
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",  # tests run as root in CI
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # Without these Chromium keeps dialling Google's hosts, which the closed network refuses.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class _PageText(HTMLParser):
@@ -106,19 +95,7 @@ def _wait_healthy(base: str, server: subprocess.Popen, log: Path, timeout_s: flo
 def _render(url: str, profile: Path, timeout_s: float = 40) -> _PageText:
     """The DOM after the page's scripts ran (virtual time waits for pending fetches), parsed."""
     shutil.rmtree(profile, ignore_errors=True)
-    browser = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,  # its renderer and GPU helpers share the group, so a timeout stops them all
-    )
-    try:
-        dom, _ = browser.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(browser.pid, signal.SIGKILL)
-        browser.wait()
-        pytest.fail(f"chromium did not render {url} within {timeout_s} s")
+    dom = run_chromium(url, profile, "--virtual-time-budget=20000", "--dump-dom", timeout_s=timeout_s)
     page = _PageText()
     page.feed(dom)
     return page

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import signal
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from servers_testkit import CHROMIUM, CHROMIUM_FLAGS, run_chromium
 from test_analysis import synthetic_report
-from test_mlflow_ui import CHROMIUM, CHROMIUM_FLAGS
 
 from analysis import make_all
 from analysis.compare import VIEWS
@@ -62,19 +59,8 @@ def parse(page: str) -> Elements:
 
 
 def chromium(page: Path, profile: Path, *args: str, timeout_s: float = 60) -> str:
-    """Run headless Chromium on ``file://page`` with ``args``; its stdout. Stopped by its process group on a
-    timeout."""
-    browser = subprocess.Popen([CHROMIUM, *OFFLINE_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
-    try:
-        out, _ = browser.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(browser.pid, signal.SIGKILL)
-        browser.wait()
-        pytest.fail(f"chromium did not render {page} within {timeout_s} s")
-    assert browser.returncode == 0, f"chromium exited with {browser.returncode} on {page}"
-    return out
+    """Headless Chromium on ``file://page`` with ``args``, offline; its stdout."""
+    return run_chromium(page.as_uri(), profile, *args, flags=OFFLINE_FLAGS, timeout_s=timeout_s, check=True)
 
 
 @pytest.fixture(scope="module")
