@@ -68,11 +68,12 @@ def test_dmh_policy_reproduces_forward_for_any_block_size(c: int) -> None:
     torch.testing.assert_close(policy_outputs(model, batch)[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
 
 
-def test_dmh_sampled_z_matches_forward_given_the_same_noise() -> None:
+@pytest.mark.parametrize("z_dim", [None, 8, 32])
+def test_dmh_sampled_z_matches_forward_given_the_same_noise(z_dim: int | None) -> None:
     """With z sampled (the paper's default at test time), policy and forward agree when they draw the same noise:
-    one draw per block, in block order."""
+    one draw per block, in block order; for z of the observation's size (None) or any other."""
     torch.manual_seed(3)
-    cfg = tiny_config("dmh", z_eval="sample")
+    cfg = tiny_config("dmh", z_eval="sample", z_dim=z_dim)
     model = build_model("dmh", cfg).eval()
     batch = make_batch([[7, 5]], cfg.obs_dim, cfg.act_dim)
     stepped = policy_outputs(model, batch, generator=torch.Generator().manual_seed(7))
@@ -91,11 +92,12 @@ def test_dmh_sampled_z_matches_forward_given_the_same_noise() -> None:
     torch.testing.assert_close(stepped[batch["mask"]], full[batch["mask"]], atol=2e-5, rtol=1e-4)
 
 
-def test_dmh_per_step_z_matches_forward_given_the_same_noise() -> None:
+@pytest.mark.parametrize("z_dim", [None, 8])
+def test_dmh_per_step_z_matches_forward_given_the_same_noise(z_dim: int | None) -> None:
     """`z_draw = "step"` (the authors' code): one draw per step from its block's distribution, in step order both in
     the forward (every slot of every block) and online (every act). Full blocks, so both draw the same number."""
     torch.manual_seed(3)
-    cfg = tiny_config("dmh", z_eval="sample", z_draw="step")  # c = 3
+    cfg = tiny_config("dmh", z_eval="sample", z_draw="step", z_dim=z_dim)  # c = 3
     model = build_model("dmh", cfg).eval()
     batch = make_batch([[6, 3]], cfg.obs_dim, cfg.act_dim)
     stepped = policy_outputs(model, batch, generator=torch.Generator().manual_seed(7))
