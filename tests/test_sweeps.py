@@ -122,6 +122,24 @@ def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values_and_
 
 
 @pytest.mark.slow
+def test_the_z_study_smoke_grid_lands_its_z_cells_in_the_reports_z_table(ray_session, workdir):
+    import pandas as pd
+
+    from analysis import make_all
+
+    script = importlib.import_module("sweeps.z_study")
+    assert common.main(script.SWEEP, ["--preset", "smoke"]) == 0
+    runs = mlflow_runs(workdir, "z_study")
+    assert sorted((r.data.params["model.z_draw"], r.data.params["model.z_train"]) for r in runs) == [
+        ("block", "mean"), ("step", "sample")]
+    assert make_all.main(["--out", str(workdir / "reports")]) == 0
+    table = pd.read_csv(workdir / "reports" / "tables" / "z_study.csv")
+    assert sorted(table["z"]) == ["mean", "step"] and set(table["z_dim"]) == {2} and (table["n"] == 1).all()
+    finals = {r.data.params["model.z_train"]: r.data.metrics["eval/last_return"] for r in runs}
+    assert sorted(table["mean"]) == pytest.approx(sorted(finals.values()))
+
+
+@pytest.mark.slow
 def test_a_sweeps_trials_sit_under_one_parent_run_that_ends_finished(ray_session, workdir):
     script = importlib.import_module("sweeps.c_sensitivity")
     assert common.main(script.SWEEP, ["--preset", "smoke"]) == 0
