@@ -98,3 +98,50 @@ def test_a_model_on_cuda_evaluates_online(workdir, algo) -> None:
     assert next(trainer.model.parameters()).is_cuda
     result = evaluate_online(trainer.model, trainer.spec, trainer.obs_mean, trainer.obs_std, n_tasks=2, episodes=2)
     assert result.returns.shape == (2, 2) and np.isfinite(result.returns).all()
+
+
+class Played:
+    """Wraps a policy and keeps, for every row, what the evaluation loop fed it and what it answered."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.steps = policy, {"obs": [], "t": [], "out": [], "a": [], "r": [], "d": []}
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def act(self, obs, timestep):
+        out = self.policy.act(obs, timestep)
+        for key, value in (("obs", obs), ("t", timestep), ("out", out)):
+            self.steps[key].append(torch.as_tensor(value).clone())
+        return out
+
+    def observe(self, action, reward, done, terminated=None) -> None:
+        for key, value in (("a", action), ("r", reward), ("d", done)):
+            self.steps[key].append(torch.as_tensor(value).clone())
+        self.policy.observe(action, reward, done, terminated)
+
+    def as_batch(self) -> dict[str, torch.Tensor]:
+        s = {k: torch.stack(v, dim=1) for k, v in self.steps.items()}
+        return dict(obs=s["obs"].float(), actions=s["a"].long(), rewards=s["r"].float(), timesteps=s["t"].long(),
+                    episode_start=s["t"] == 0, done=s["d"].bool(), terminal=torch.zeros_like(s["d"]).bool(),
+                    mask=torch.ones_like(s["d"]).bool(), rtg=torch.zeros_like(s["r"]).float())
+
+
+@pytest.mark.parametrize("algo", ["dmh", "ad-mamba"])  # the recurrent policies: their context is every step played
+def test_what_the_policy_answers_in_the_online_loop_is_the_forward_over_the_steps_it_played(workdir, algo,
+                                                                                           monkeypatch) -> None:
+    """The loop advances its timestep array in place; a policy that kept the previous step's timestep without a copy
+    (DM-H did) embedded the previous (a, r) at the wrong time within a block, which the parity tests, driving the
+    policy with fresh slices, could not see."""
+    sets = ["steps=1", "model.dropout=0.0", *(["model.z_eval=mean"] if algo == "dmh" else [])]
+    trainer = Trainer(make_config(algo, "darkroom", "smoke", sets=sets))
+    made = []
+    real = trainer.model.policy
+    monkeypatch.setattr(trainer.model, "policy", lambda *a, **k: made.append(Played(real(*a, **k))) or made[-1])
+    evaluate_online(trainer.model, trainer.spec, trainer.obs_mean, trainer.obs_std, n_tasks=3, episodes=3)
+    monkeypatch.undo()
+    (played,) = made
+    trainer.model.eval()
+    with torch.no_grad():
+        forward = trainer.model(played.as_batch())
+    torch.testing.assert_close(torch.stack(played.steps["out"], dim=1), forward, atol=1e-5, rtol=1e-4)

@@ -45,8 +45,10 @@ class Policy:
         self.model.eval()
 
     def _as(self, x: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-        """Environment outputs (numpy arrays, int64 Grid World positions, float64 rewards) as model inputs."""
-        return torch.as_tensor(x, device=self.device).to(dtype)
+        """Environment outputs (numpy arrays, int64 Grid World positions, float64 rewards) as model inputs: always a
+        copy, so a policy that keeps an input for a later step (DM-H keeps the previous timestep) never sees the
+        caller change it in place (the online loop advances its timestep array with ``+=``)."""
+        return torch.as_tensor(x, device=self.device).to(dtype, copy=True)
 
     def _action(self, action: torch.Tensor) -> torch.Tensor:
         return self._as(action, torch.long if self.model.cfg.discrete else torch.float32)
