@@ -4,10 +4,10 @@ medium / medium-replay / medium-expert, Large Dark Key-to-Door and Large Darkroo
     python sweeps/c_sensitivity.py [--preset smoke|cpu|paper] [--seeds N] [--c 1 5 10] [--resume] [--storage PATH]
 
 smoke runs Darkroom Hard, cpu Darkroom (20-step episodes, so every c up to 20 fits) instead of the paper's tasks: they
-need no D4RL data and finish in seconds / minutes on 2 CPUs. Darkroom is where c matters at the cpu scale: in 1500
-updates c = 1 learned in context (last-episode return 9.2 of 20) where c = 5 and c = 20 had not (0.6, 0.0;
-docs/results.md). At the cpu preset each context decodes the same number of steps whatever c is (``train_blocks``
-= ⌈50 / c⌉ blocks, the preset's 10 blocks at c = 5), so c does not also change how much of a context is supervised.
+need no D4RL data and finish in seconds / minutes on 2 CPUs. Darkroom is the task on which DM-H learns in context
+at the cpu preset's scale (docs/results.md). At the cpu preset each context decodes the same number of steps
+whatever c is (``train_blocks`` = ⌈50 / c⌉ blocks, the preset's 10 blocks at c = 5), so c does not also change how
+much of a context is supervised.
 """
 
 from __future__ import annotations
