@@ -8,10 +8,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from test_evaluation import play_online
 
 from dmh.data.format import EpisodeDataset
 from dmh.data.histories import generate_histories, history_config
-from dmh.evaluation.online import evaluate_online
 from dmh.models import build_model
 from dmh.tasks import resolve_task
 from dmh.training.contexts import ContextSampler, ContextSpec
@@ -37,61 +37,34 @@ def tiny_dmh(rtg_token: bool = True, **fields):
     return build_model("dmh", cfg).eval()
 
 
-class Recorder:
-    """Wraps a policy and keeps what the evaluation loop gives row 0: every act's inputs and every observe's."""
-
-    def __init__(self, policy) -> None:
-        self.policy, self.acts, self.observes = policy, [], []
-
-    def reset(self) -> None:
-        self.policy.reset()
-
-    def act(self, obs, timestep):
-        self.acts.append((obs[0].clone(), int(timestep[0])))
-        return self.policy.act(obs, timestep)
-
-    def observe(self, action, reward, done, terminated=None) -> None:
-        self.observes.append((int(action[0]), float(reward[0]), bool(done[0]), bool(terminated[0])))
-        self.policy.observe(action, reward, done, terminated)
-
-
-def recorded_rollout(monkeypatch, model, episodes: int) -> tuple[Recorder, EpisodeDataset]:
-    """Row 0 of an online evaluation on Darkroom Hard, and the same steps written as a dataset."""
-    spec = resolve_task("darkroom-hard")
-    made = []
-    real = model.policy
-
-    def recording_policy(*args, **kwargs):
-        made.append(Recorder(real(*args, **kwargs)))
-        return made[-1]
-
-    monkeypatch.setattr(model, "policy", recording_policy)
-    evaluate_online(model, spec, np.zeros(2), np.ones(2), n_tasks=2, episodes=episodes, seed=3)
-    (rec,) = made
-    done = np.array([o[2] for o in rec.observes])
-    steps = int(np.flatnonzero(done)[episodes - 1]) + 1  # row 0's episodes (other rows may have played on)
-    done, terminated = done[:steps], np.array([o[3] for o in rec.observes[:steps]])
+def recorded_rollout(monkeypatch, model, episodes: int) -> tuple[dict[str, torch.Tensor], EpisodeDataset]:
+    """Row 0 of an online evaluation on Darkroom Hard (what the loop fed its policy, per step), and the same steps
+    written as a dataset."""
+    played = play_online(monkeypatch, model, resolve_task("darkroom-hard"), np.zeros(2), np.ones(2), n_tasks=2,
+                         episodes=episodes, seed=3)
+    row = {k: v[0] for k, v in played.stacked().items()}
+    steps = int(np.flatnonzero(row["d"].numpy())[episodes - 1]) + 1  # row 0's episodes (other rows may play on)
+    row = {k: v[:steps] for k, v in row.items()}
+    done, terminated = row["d"].numpy().astype(bool), row["term"].numpy().astype(bool)
     data = EpisodeDataset(
-        observations=np.stack([a[0].numpy() for a in rec.acts[:steps]]).astype(np.float32),
-        actions=np.array([o[0] for o in rec.observes[:steps]], dtype=np.int64),
-        rewards=np.array([o[1] for o in rec.observes[:steps]], dtype=np.float32),
-        terminals=terminated, timeouts=done & ~terminated,
+        observations=row["obs"].numpy().astype(np.float32), actions=row["a"].numpy().astype(np.int64),
+        rewards=row["r"].numpy().astype(np.float32), terminals=terminated, timeouts=done & ~terminated,
         episode_task=np.zeros(episodes, dtype=np.int64), episode_history=np.zeros(episodes, dtype=np.int64),
         tasks=np.zeros((1, 2)), metadata={"discrete": True})
-    return rec, data
+    return row, data
 
 
 def test_a_context_of_the_steps_the_online_loop_played_holds_exactly_what_it_fed_the_policy(monkeypatch):
-    rec, data = recorded_rollout(monkeypatch, tiny_dmh(), episodes=30)
+    row, data = recorded_rollout(monkeypatch, tiny_dmh(), episodes=30)
     n = data.num_steps
     batch = sampler(data).collate([np.arange(n)])
-    assert torch.equal(batch["obs"][0], torch.stack([a[0] for a in rec.acts[:n]]))
-    assert batch["timesteps"][0].tolist() == [a[1] for a in rec.acts[:n]]
-    assert batch["actions"][0].tolist() == [o[0] for o in rec.observes[:n]]
-    assert batch["rewards"][0].tolist() == pytest.approx([o[1] for o in rec.observes[:n]])
-    assert batch["done"][0].tolist() == [o[2] for o in rec.observes[:n]]
-    assert batch["terminal"][0].tolist() == [o[3] for o in rec.observes[:n]]
-    assert batch["episode_start"][0].tolist() == [a[1] == 0 for a in rec.acts[:n]]
+    assert torch.equal(batch["obs"][0], row["obs"].float())
+    assert batch["timesteps"][0].tolist() == row["t"].tolist()
+    assert batch["actions"][0].tolist() == row["a"].tolist()
+    assert batch["rewards"][0].tolist() == pytest.approx(row["r"].tolist())
+    assert batch["done"][0].tolist() == row["d"].tolist()
+    assert batch["terminal"][0].tolist() == row["term"].tolist()
+    assert batch["episode_start"][0].tolist() == (row["t"] == 0).tolist()
     # Darkroom Hard ends at the goal (a true termination) or at the time limit: both happened
     assert batch["terminal"].any() and (batch["done"] & ~batch["terminal"]).any()
 

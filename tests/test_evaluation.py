@@ -104,7 +104,7 @@ class Played:
     """Wraps a policy and keeps, for every row, what the evaluation loop fed it and what it answered."""
 
     def __init__(self, policy) -> None:
-        self.policy, self.steps = policy, {"obs": [], "t": [], "out": [], "a": [], "r": [], "d": []}
+        self.policy, self.steps = policy, {"obs": [], "t": [], "out": [], "a": [], "r": [], "d": [], "term": []}
 
     def reset(self) -> None:
         self.policy.reset()
@@ -116,15 +116,30 @@ class Played:
         return out
 
     def observe(self, action, reward, done, terminated=None) -> None:
-        for key, value in (("a", action), ("r", reward), ("d", done)):
+        for key, value in (("a", action), ("r", reward), ("d", done), ("term", terminated)):
             self.steps[key].append(torch.as_tensor(value).clone())
         self.policy.observe(action, reward, done, terminated)
 
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Every record as [rows, steps, ...]."""
+        return {k: torch.stack(v, dim=1) for k, v in self.steps.items()}
+
     def as_batch(self) -> dict[str, torch.Tensor]:
-        s = {k: torch.stack(v, dim=1) for k, v in self.steps.items()}
+        s = self.stacked()
         return dict(obs=s["obs"].float(), actions=s["a"].long(), rewards=s["r"].float(), timesteps=s["t"].long(),
-                    episode_start=s["t"] == 0, done=s["d"].bool(), terminal=torch.zeros_like(s["d"]).bool(),
+                    episode_start=s["t"] == 0, done=s["d"].bool(), terminal=s["term"].bool(),
                     mask=torch.ones_like(s["d"]).bool(), rtg=torch.zeros_like(s["r"]).float())
+
+
+def play_online(monkeypatch, model, spec, obs_mean, obs_std, **kwargs) -> Played:
+    """``evaluate_online`` of ``model`` with its policy recorded."""
+    made = []
+    real = model.policy
+    monkeypatch.setattr(model, "policy", lambda *a, **k: made.append(Played(real(*a, **k))) or made[-1])
+    evaluate_online(model, spec, obs_mean, obs_std, **kwargs)
+    monkeypatch.undo()
+    (played,) = made
+    return played
 
 
 @pytest.mark.parametrize("algo", ["dmh", "ad-mamba"])  # the recurrent policies: their context is every step played
@@ -135,12 +150,8 @@ def test_what_the_policy_answers_in_the_online_loop_is_the_forward_over_the_step
     policy with fresh slices, could not see."""
     sets = ["steps=1", "model.dropout=0.0", *(["model.z_eval=mean"] if algo == "dmh" else [])]
     trainer = Trainer(make_config(algo, "darkroom", "smoke", sets=sets))
-    made = []
-    real = trainer.model.policy
-    monkeypatch.setattr(trainer.model, "policy", lambda *a, **k: made.append(Played(real(*a, **k))) or made[-1])
-    evaluate_online(trainer.model, trainer.spec, trainer.obs_mean, trainer.obs_std, n_tasks=3, episodes=3)
-    monkeypatch.undo()
-    (played,) = made
+    played = play_online(monkeypatch, trainer.model, trainer.spec, trainer.obs_mean, trainer.obs_std, n_tasks=3,
+                         episodes=3)
     trainer.model.eval()
     with torch.no_grad():
         forward = trainer.model(played.as_batch())
