@@ -1,0 +1,180 @@
+"""The results campaign of ``docs/results.md`` (issue 13) as data: every sweep it runs, one seed per sweep, all into
+one store. Run it again after an interruption, in the same or a later sitting: a sweep whose parent run ended
+FINISHED is skipped, an interrupted one is continued with ``--resume``, the rest start in order.
+
+    python sweeps/campaign.py [--storage sweep_results/campaign] [--only z_study grid_world ...] [--dry-run]
+
+Order: the z study's seeds first (they choose the ``cpu`` preset's z, which every later DM-H run uses), then the
+paper's experiments seed by seed, so that a partial campaign holds whole seeds of every figure. The MLflow store is
+``<storage>/mlflow.db`` unless ``--tracking-uri`` says otherwise; each sweep's log is ``<storage>/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import importlib.util
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import IO
+
+from dmh.errors import DmhError
+from dmh.sweep import EXIT_BAD_ARGUMENTS, EXIT_INCOMPLETE
+from dmh.sweep.bookkeeping import parent_run
+from dmh.sweep.plan import check_storage
+from dmh.tracking import check_store, open_client
+
+HERE = Path(__file__).resolve().parent
+# The cpu preset's full training, every held-out task, and evaluations along the way (so best-during-training exists).
+CPU = ("--set", "steps=3000", "--set", "eval_tasks=0", "--set", "eval_every=500", "--set", "checkpoint_every=500")
+TMAZE_LENGTHS = ("20", "50")  # the longest memory lengths one sitting trains at the cpu scale (docs/results.md)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One of the campaign's sweeps, run once per seed."""
+
+    key: str  # the name --only selects, and the sweep names' stem (<key>_cpu_s<seed>)
+    script: str  # the sweep script under sweeps/
+    args: tuple[str, ...]  # its arguments besides seed, name, storage and store
+    seeds: int  # seeds 0 … seeds-1, one sweep each
+    figure: str  # what the paper shows with it (for --dry-run)
+
+
+STAGES = (
+    Stage("z_study", "z_study.py", ("--preset", "cpu"), 3, "the sub-goal z study, issue 13 part 2"),
+    Stage("grid_world", "grid_world.py", ("--preset", "cpu", *CPU), 5, "Fig. 2, short-horizon row"),
+    Stage("subgoal", "subgoal_ablation.py", ("--preset", "cpu", *CPU), 5, "Fig. 4a"),
+    Stage("c", "c_sensitivity.py", ("--preset", "cpu", *CPU), 5, "Fig. 4b"),
+    Stage("tmaze", "tmaze.py", ("--preset", "cpu", "--lengths", *TMAZE_LENGTHS, *CPU), 5, "Fig. 3"),
+)
+FIRST = ("z_study",)  # stages run to their last seed before the rest, which then go seed by seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One sweep of the campaign: a stage at one seed."""
+
+    stage: Stage
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage.key}_cpu_s{self.seed}"
+
+    def argv(self, storage: str, tracking_uri: str, resume: bool) -> list[str]:
+        return [sys.executable, str(HERE / self.stage.script), *self.stage.args, "--first-seed", str(self.seed),
+                "--seeds", "1", "--name", self.name, "--storage", storage, "--tracking-uri", tracking_uri,
+                *(["--resume"] if resume else [])]
+
+
+def steps(stages: tuple[Stage, ...] = STAGES, first: tuple[str, ...] = FIRST) -> list[Step]:
+    """The campaign in running order: the ``first`` stages seed by seed, then the others interleaved seed by seed."""
+    early = [Step(s, k) for s in stages if s.key in first for k in range(s.seeds)]
+    rest = [s for s in stages if s.key not in first]
+    late = [Step(s, k) for k in range(max((s.seeds for s in rest), default=0)) for s in rest if k < s.seeds]
+    return early + late
+
+
+def state(step: Step, storage: str, tracking_uri: str) -> str:
+    """``done`` (its parent run ended FINISHED), ``resume`` (Tune state is there) or ``start``."""
+    from dmh.sweep.plan import sweep_exists  # imports Ray Tune: after the arguments are checked
+
+    path = f"{storage.rstrip('/')}/{step.name}"
+    run_id = parent_run(tracking_uri, sweep_name(step.stage.script), path)
+    if run_id is not None and open_client(tracking_uri).get_run(run_id).info.status == "FINISHED":
+        return "done"
+    return "resume" if sweep_exists(path) else "start"
+
+
+def load_script(script: str) -> ModuleType:
+    """A sweep script under sweeps/ as a module (its ``SWEEP`` declaration; its ``main`` is not run)."""
+    spec = importlib.util.spec_from_file_location(f"campaign_{Path(script).stem}", HERE / script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the script look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep_name(script: str) -> str:
+    """The sweep's name, which is also the MLflow experiment its runs go to (the campaign passes no --experiment)."""
+    return load_script(script).SWEEP.name
+
+
+def run(stages: tuple[Stage, ...], storage: str, tracking_uri: str | None, dry_run: bool = False,
+        first: tuple[str, ...] = FIRST) -> int:
+    """Run every step not yet done, in order; stop at the first sweep that does not finish (its exit code)."""
+    storage = check_storage(storage)
+    tracking_uri = tracking_uri or f"sqlite:///{Path(storage) / 'mlflow.db'}"
+    check_store(tracking_uri)
+    lock = None if dry_run else (Path(storage) / "campaign.lock").open("w")  # held while this function runs
+    if lock is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DmhError(f"another campaign is running on {storage} (campaign.lock is held)") from None
+    plan = steps(stages, first)
+    for i, step in enumerate(plan, 1):
+        now = state(step, storage, tracking_uri)
+        line = f"campaign: [{i}/{len(plan)}] {step.name} ({step.stage.figure}): {now}"
+        if dry_run or now == "done":
+            print(line, flush=True)
+            continue
+        log = Path(storage) / f"{step.name}.log"
+        print(f"{line}; log {log}", flush=True)
+        with log.open("a") as out:
+            code = run_sweep(step.argv(storage, tracking_uri, resume=now == "resume"), out)
+        if code != 0:
+            print(f"campaign: {step.name} ended with exit code {code} (see {log}); run the campaign again to "
+                  "continue it", file=sys.stderr)
+            return code if code in (EXIT_INCOMPLETE, EXIT_BAD_ARGUMENTS) else 1
+    print(f"campaign: {'planned' if dry_run else 'done'}: {len(plan)} sweeps; MLflow store {tracking_uri}")
+    return 0
+
+
+def run_sweep(argv: list[str], out: IO[str]) -> int:
+    """One sweep as a child process in its own session, so that it hears only this driver: SIGINT or SIGTERM here is
+    passed on once, as the SIGINT on which Tune saves its state and stops (a second would make it quit at once)."""
+    child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM raises KeyboardInterrupt too
+    try:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None, stages: tuple[Stage, ...] = STAGES) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--storage", default="sweep_results/campaign", help="Tune state, logs and the default store")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///<storage>/mlflow.db)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="STAGE",
+                        help=f"run only these stages, of {', '.join(s.key for s in stages)}")
+    parser.add_argument("--dry-run", action="store_true", help="say what each sweep's state is, run nothing")
+    args = parser.parse_args(argv)
+    if args.only is not None:
+        unknown = sorted(set(args.only) - {s.key for s in stages})
+        if unknown:
+            print(f"campaign: error: --only: unknown stage(s) {', '.join(unknown)}; valid: "
+                  f"{', '.join(s.key for s in stages)}", file=sys.stderr)
+            return EXIT_BAD_ARGUMENTS
+        stages = tuple(s for s in stages if s.key in args.only)
+    try:
+        return run(stages, args.storage, args.tracking_uri, args.dry_run)
+    except DmhError as exc:
+        print(f"campaign: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    except KeyboardInterrupt:
+        print("campaign: interrupted between sweeps; run it again to continue", file=sys.stderr)
+        return EXIT_INCOMPLETE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The results campaign (sweeps/campaign.py): the z study first, then every figure seed by seed; a finished sweep is
+skipped, an interrupted one resumed, a failing one stops the campaign; bad input fails in one line before any work."""
+
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from dmh.sweep import EXIT_BAD_ARGUMENTS, build_parser
+from dmh.vocabulary import Tag
+from sweeps import campaign
+
+# one smoke sweep of two trials, at two seeds: the campaign machinery at test cost
+SMOKE = (campaign.Stage("c", "c_sensitivity.py", ("--preset", "smoke", "--c", "1", "5", "--ray-address", "local",
+                                                   "--set", "steps=4"), 2, "Fig. 4b"),)
+
+
+@pytest.fixture
+def workdir(tmp_path, tmp_path_factory, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path_factory.getbasetemp() / "campaign-data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+def trial_runs(storage: Path) -> list:
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("c_sensitivity")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if Tag.SWEEP_PARENT not in r.data.tags]
+
+
+def test_the_z_study_runs_first_then_every_figure_seed_by_seed():
+    names = [step.name for step in campaign.steps()]
+    assert names[:3] == ["z_study_cpu_s0", "z_study_cpu_s1", "z_study_cpu_s2"]
+    figures = [s.key for s in campaign.STAGES if s.key != "z_study"]
+    assert names[3:3 + len(figures)] == [f"{key}_cpu_s0" for key in figures]
+    assert names[-len(figures):] == [f"{key}_cpu_s4" for key in figures]
+    assert len(names) == len(set(names)) == 3 + 5 * len(figures)
+
+
+def test_every_campaign_sweep_accepts_its_arguments(workdir, capsys):
+    """Each stage's script parses the campaign's arguments (a typo would otherwise surface hours into a campaign)."""
+    for stage in campaign.STAGES:
+        module = campaign.load_script(stage.script)
+        parser = build_parser(module.SWEEP)
+        args = parser.parse_args(campaign.Step(stage, 0).argv(str(workdir), "sqlite:///x.db", resume=False)[2:])
+        assert args.first_seed == 0 and args.seeds == 1 and args.name == f"{stage.key}_cpu_s0"
+
+
+@pytest.mark.slow
+def test_a_campaign_run_again_skips_finished_sweeps_and_resumes_an_interrupted_one(workdir, capsys):
+    storage = workdir / "campaign"
+    assert campaign.run(SMOKE, str(storage), None) == 0
+    first = trial_runs(storage)
+    assert sorted((r.data.params["seed"], r.data.params["c"]) for r in first) == [
+        ("0", "1"), ("0", "5"), ("1", "1"), ("1", "5")]
+    assert {r.info.status for r in first} == {"FINISHED"}
+    assert (storage / "c_cpu_s0.log").stat().st_size > 0
+
+    capsys.readouterr()
+    assert campaign.run(SMOKE, str(storage), None) == 0  # nothing left to do
+    out = capsys.readouterr().out
+    assert "c_cpu_s0 (Fig. 4b): done" in out and "c_cpu_s1 (Fig. 4b): done" in out
+    assert {r.info.run_id for r in trial_runs(storage)} == {r.info.run_id for r in first}
+
+    # seed 1's sweep as an interrupted one leaves it: its parent run KILLED, its Tune state kept
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("c_sensitivity")
+    parent = client.search_runs([experiment.experiment_id],
+                                filter_string=f"tags.{Tag.SWEEP_RUN} = '{storage / 'c_cpu_s1'}'")
+    parents = [r for r in parent if r.data.tags.get(Tag.SWEEP_PARENT) == "true"]
+    assert len(parents) == 1
+    client.set_terminated(parents[0].info.run_id, status="KILLED")
+    assert campaign.run(SMOKE, str(storage), None, dry_run=True) == 0
+    assert "c_cpu_s1 (Fig. 4b): resume" in capsys.readouterr().out
+    assert campaign.run(SMOKE, str(storage), None) == 0
+    out = capsys.readouterr().out
+    assert "c_cpu_s0 (Fig. 4b): done" in out and "c_cpu_s1 (Fig. 4b): resume; log" in out
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"  # the same parent, reopened and ended
+    assert {r.info.run_id for r in trial_runs(storage)} == {r.info.run_id for r in first}  # no trial ran again
+
+
+@pytest.mark.slow
+def test_a_sweep_that_fails_stops_the_campaign_before_the_next(workdir, capsys):
+    bad = (campaign.Stage("c", "c_sensitivity.py", ("--preset", "smoke", "--c", "0"), 2, "Fig. 4b"),)
+    assert campaign.run(bad, str(workdir / "campaign"), None) == EXIT_BAD_ARGUMENTS
+    err = capsys.readouterr().err
+    assert "c_cpu_s0 ended with exit code 2" in err
+    assert not (workdir / "campaign" / "c_cpu_s1.log").exists()
+    assert "every c must be a positive integer" in (workdir / "campaign" / "c_cpu_s0.log").read_text()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--only", "fig9"], "--only: unknown stage(s) fig9; valid: z_study, grid_world, subgoal, c, tmaze"),
+    (["--storage", "{file}/under"], "--storage {file}/under cannot be written"),
+    (["--tracking-uri", "http://127.0.0.1:{port}"], "http://127.0.0.1:{port}"),
+])
+def test_bad_campaign_arguments_fail_in_one_line_before_any_sweep(workdir, capsys, argv, message):
+    from servers_testkit import free_port
+
+    regular = workdir / "a-file"
+    regular.write_text("x")
+    port = free_port()
+    argv = [a.format(file=regular, port=port) for a in argv]
+    assert campaign.main(argv) == EXIT_BAD_ARGUMENTS
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("campaign: error: ")
+    assert message.format(file=regular, port=port) in err
+    assert not list(workdir.glob("**/*.log"))
+
+
+def test_two_campaigns_on_one_storage_are_refused(workdir, capsys):
+    import fcntl
+
+    storage = workdir / "campaign"
+    storage.mkdir()
+    with (storage / "campaign.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert campaign.main(["--storage", str(storage)]) == EXIT_BAD_ARGUMENTS
+    assert "another campaign is running on" in capsys.readouterr().err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
