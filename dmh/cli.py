@@ -157,20 +157,32 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from dmh.tracking import check_store, default_tracking_uri
     from dmh.training.run import checkpoint_of_run, evaluate_checkpoint
 
+    if any(seed < 0 for seed in args.seeds or ()):
+        raise DmhError(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
     check_store(default_tracking_uri())  # where the checkpoint may come from and the result is logged
     path = Path(args.target)
     checkpoint = path if path.suffix == ".pt" or path.exists() else checkpoint_of_run(args.target)
-    result = evaluate_checkpoint(checkpoint, episodes=args.episodes, n_tasks=args.tasks)
-    curve = " ".join(f"{r:.2f}" for r in result.curve)
-    print(f"last-episode return {result.last_return:.3f} over {result.returns.shape[0]} test tasks, online "
-          f"{result.online_seconds:.1f} s\nin-context curve: {curve}")
+    lasts = []
+    for seed in args.seeds or [None]:
+        result = evaluate_checkpoint(checkpoint, episodes=args.episodes, n_tasks=args.tasks, seed=seed)
+        lasts.append(result.last_return)
+        curve = " ".join(f"{r:.2f}" for r in result.curve)
+        which = "" if seed is None else f"seed {seed}: "
+        print(f"{which}last-episode return {result.last_return:.3f} over {result.returns.shape[0]} test tasks, "
+              f"online {result.online_seconds:.1f} s\n{which}in-context curve: {curve}")
+    if len(lasts) > 1:
+        spread = np.std(lasts, ddof=1)
+        print(f"{len(lasts)} evaluation seeds: last-episode return {np.mean(lasts):.3f} ± "
+              f"{spread / np.sqrt(len(lasts)):.3f} (s.e.; s.d. of one evaluation {spread:.3f})")
 
 
 def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
-    from dmh.training.config import ALGOS, PRESETS
+    from dmh.training.config import ALGOS, EVAL_SEED_OFFSET, PRESETS
 
     train = sub.add_parser("train", help="train a model on a task, tracked in MLflow")
     train.add_argument("--algo", required=True, choices=ALGOS)
@@ -191,6 +203,9 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("target", help="checkpoint file (.pt) or MLflow run id")
     evaluate.add_argument("--episodes", type=int, default=0, help="episodes per test task (default: the paper's)")
     evaluate.add_argument("--tasks", type=int, default=0, help="number of test tasks (default: the run's)")
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                          help="evaluation seeds, one evaluation each, not logged to the run (default: the run's own "
+                               f"evaluation seed, its training seed + {EVAL_SEED_OFFSET}, logged back to the run)")
     evaluate.set_defaults(func=_cmd_evaluate)
 
 

@@ -287,3 +287,31 @@ def test_a_checkpoint_of_format_1_with_the_old_block_size_name_still_loads_and_e
     model = model_from_checkpoint(load_checkpoint(run.checkpoint_path))
     assert model.cfg.c == 3
     assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_evaluating_a_run_at_other_seeds_prints_each_and_their_spread_and_leaves_its_record_alone(workdir, capsys):
+    assert main(["train", "--algo", "dmh", "--task", "darkroom", "--preset", "smoke"]) == 0
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    recorded = client.get_metric_history(run.info.run_id, "eval/last_return")
+    cfg = make_config("dmh", "darkroom", "smoke")
+    checkpoint = next(workdir.glob("runs/*/checkpoint.pt"))
+    capsys.readouterr()
+
+    assert main(["evaluate", str(checkpoint), "--seeds", str(cfg.eval_seed), "3", "4"]) == 0
+    out = capsys.readouterr().out
+    lasts = [float(line.split("return ")[1].split()[0]) for line in out.splitlines() if "last-episode return" in line
+             and line.startswith("seed ")]
+    assert len(lasts) == 3
+    assert lasts[0] == pytest.approx(recorded[-1].value, abs=5e-4)  # the run's own seed replays its final evaluation
+    spread = np.std(lasts, ddof=1)
+    assert (f"3 evaluation seeds: last-episode return {np.mean(lasts):.3f} ± {spread / np.sqrt(3):.3f} (s.e.; s.d. of "
+            f"one evaluation {spread:.3f})") in out
+    assert len(client.get_metric_history(run.info.run_id, "eval/last_return")) == len(recorded)  # nothing logged
+
+
+def test_evaluate_refuses_a_negative_seed_in_one_line_before_any_work(workdir, capsys):
+    assert main(["evaluate", str(workdir / "none.pt"), "--seeds", "1", "-2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seeds must be non-negative integers, got 1 -2" in err
+    assert not (workdir / "mlflow.db").exists()

@@ -26,6 +26,9 @@ from dmh.vocabulary import RUNTIME_FIELDS
 ALGOS = tuple(ALGORITHMS)
 
 
+EVAL_SEED_OFFSET = 10_000  # a run's own evaluations use seed + this (TrainConfig.eval_seed)
+
+
 @dataclass
 class TrainConfig:
     """Everything ``dmh train`` needs; None in n_context / c and 0 in history_stride / dt_context_len mean "the task
@@ -75,6 +78,12 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     device: str = "auto"  # where the model trains and acts: auto (cuda when torch sees a GPU, else cpu), cpu, cuda[:N]
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the model config (d_model, n_layer, …)
+
+    @property
+    def eval_seed(self) -> int:
+        """The seed of every evaluation the run makes itself (during and after training): apart from the training
+        seed, so that evaluation episodes do not replay the training RNG's draws."""
+        return self.seed + EVAL_SEED_OFFSET
 
 
 # Presets are data: field values applied over the dataclass defaults. ``model`` entries override the model config;

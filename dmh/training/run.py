@@ -91,16 +91,18 @@ def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None =
 
 
 def evaluate_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None, episodes: int = 0,
-                        n_tasks: int = 0, log_to_run: bool = True) -> EvalResult:
-    """Online evaluation of a checkpoint (or of an MLflow run's final checkpoint), logged back to its run."""
+                        n_tasks: int = 0, log_to_run: bool = True, seed: int | None = None) -> EvalResult:
+    """Online evaluation of a checkpoint (or of an MLflow run's final checkpoint). ``seed`` None is the run's own
+    protocol (``TrainConfig.eval_seed``), whose result is logged back to its run; another seed (a measure of how
+    much one evaluation varies) is never logged, so the run's recorded final evaluation stays the protocol's."""
     payload = load_checkpoint(checkpoint)
     cfg = TrainConfig(**payload["config"])
     model = model_from_checkpoint(payload).to(torch_device("auto"))  # this machine's GPU if it has one
     spec = resolve_task(cfg.task)
     result = evaluate_online(model, spec, payload["obs_mean"].numpy(), payload["obs_std"].numpy(),
                              n_tasks=n_tasks or cfg.eval_tasks, episodes=episodes or cfg.eval_episodes,
-                             seed=cfg.seed + 10_000, sample=cfg.eval_sample)
-    if log_to_run and payload.get("run_id"):
+                             seed=cfg.eval_seed if seed is None else seed, sample=cfg.eval_sample)
+    if log_to_run and seed is None and payload.get("run_id"):
         with TrackedRun(cfg.experiment, run_id=payload["run_id"], tracking_uri=tracking_uri) as run:
             run.log_metrics({Metric.LAST_RETURN: result.last_return, Metric.ONLINE_MIN: result.online_seconds / 60},
                             step=payload["step"])

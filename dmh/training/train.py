@@ -192,7 +192,7 @@ class Trainer:
         device's CUDA stream is forked: forking them all would start a CUDA context on every visible GPU."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             return evaluate_online(self.model, self.spec, self.obs_mean, self.obs_std, n_tasks=self.cfg.eval_tasks,
-                                   episodes=self.cfg.eval_episodes, seed=self.cfg.seed + 10_000,
+                                   episodes=self.cfg.eval_episodes, seed=self.cfg.eval_seed,
                                    sample=self.cfg.eval_sample)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
