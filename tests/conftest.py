@@ -29,3 +29,14 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path.parent / "dmh-test-data"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def sweep_workdir(tmp_path, tmp_path_factory, monkeypatch):
+    """For tests that run sweeps: each in its own folder (its own ./mlflow.db and ./sweep_results), no Ray address
+    inherited, smoke datasets cached across tests."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path_factory.getbasetemp() / "sweep-data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path

@@ -16,15 +16,6 @@ SMOKE = (campaign.Stage("c", "c_sensitivity.py", ("--preset", "smoke", "--c", "1
                                                    "--set", "steps=4"), 2, "Fig. 4b"),)
 
 
-@pytest.fixture
-def workdir(tmp_path, tmp_path_factory, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path_factory.getbasetemp() / "campaign-data"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
-
-
 def trial_runs(storage: Path) -> list:
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("c_sensitivity")
@@ -41,18 +32,18 @@ def test_the_z_study_runs_first_then_every_figure_seed_by_seed():
     assert len(names) == len(set(names)) == 3 + 5 * len(figures)
 
 
-def test_every_campaign_sweep_accepts_its_arguments(workdir, capsys):
+def test_every_campaign_sweep_accepts_its_arguments(sweep_workdir, capsys):
     """Each stage's script parses the campaign's arguments (a typo would otherwise surface hours into a campaign)."""
     for stage in campaign.STAGES:
         module = campaign.load_script(stage.script)
         parser = build_parser(module.SWEEP)
-        args = parser.parse_args(campaign.Step(stage, 0).argv(str(workdir), "sqlite:///x.db", resume=False)[2:])
+        args = parser.parse_args(campaign.Step(stage, 0).argv(str(sweep_workdir), "sqlite:///x.db", resume=False)[2:])
         assert args.first_seed == 0 and args.seeds == 1 and args.name == f"{stage.key}_cpu_s0"
 
 
 @pytest.mark.slow
-def test_a_campaign_run_again_skips_finished_sweeps_and_resumes_an_interrupted_one(workdir, capsys):
-    storage = workdir / "campaign"
+def test_a_campaign_run_again_skips_finished_sweeps_and_resumes_an_interrupted_one(sweep_workdir, capsys):
+    storage = sweep_workdir / "campaign"
     assert campaign.run(SMOKE, str(storage), None) == 0
     first = trial_runs(storage)
     assert sorted((r.data.params["seed"], r.data.params["c"]) for r in first) == [
@@ -84,13 +75,13 @@ def test_a_campaign_run_again_skips_finished_sweeps_and_resumes_an_interrupted_o
 
 
 @pytest.mark.slow
-def test_a_sweep_that_fails_stops_the_campaign_before_the_next(workdir, capsys):
+def test_a_sweep_that_fails_stops_the_campaign_before_the_next(sweep_workdir, capsys):
     bad = (campaign.Stage("c", "c_sensitivity.py", ("--preset", "smoke", "--c", "0"), 2, "Fig. 4b"),)
-    assert campaign.run(bad, str(workdir / "campaign"), None) == EXIT_BAD_ARGUMENTS
+    assert campaign.run(bad, str(sweep_workdir / "campaign"), None) == EXIT_BAD_ARGUMENTS
     err = capsys.readouterr().err
     assert "c_cpu_s0 ended with exit code 2" in err
-    assert not (workdir / "campaign" / "c_cpu_s1.log").exists()
-    assert "every c must be a positive integer" in (workdir / "campaign" / "c_cpu_s0.log").read_text()
+    assert not (sweep_workdir / "campaign" / "c_cpu_s1.log").exists()
+    assert "every c must be a positive integer" in (sweep_workdir / "campaign" / "c_cpu_s0.log").read_text()
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -98,10 +89,10 @@ def test_a_sweep_that_fails_stops_the_campaign_before_the_next(workdir, capsys):
     (["--storage", "{file}/under"], "--storage {file}/under cannot be written"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "http://127.0.0.1:{port}"),
 ])
-def test_bad_campaign_arguments_fail_in_one_line_before_any_sweep(workdir, capsys, argv, message):
+def test_bad_campaign_arguments_fail_in_one_line_before_any_sweep(sweep_workdir, capsys, argv, message):
     from servers_testkit import free_port
 
-    regular = workdir / "a-file"
+    regular = sweep_workdir / "a-file"
     regular.write_text("x")
     port = free_port()
     argv = [a.format(file=regular, port=port) for a in argv]
@@ -109,13 +100,13 @@ def test_bad_campaign_arguments_fail_in_one_line_before_any_sweep(workdir, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("campaign: error: ")
     assert message.format(file=regular, port=port) in err
-    assert not list(workdir.glob("**/*.log"))
+    assert not list(sweep_workdir.glob("**/*.log"))
 
 
-def test_two_campaigns_on_one_storage_are_refused(workdir, capsys):
+def test_two_campaigns_on_one_storage_are_refused(sweep_workdir, capsys):
     import fcntl
 
-    storage = workdir / "campaign"
+    storage = sweep_workdir / "campaign"
     storage.mkdir()
     with (storage / "campaign.lock").open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

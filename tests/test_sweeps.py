@@ -35,13 +35,8 @@ def ray_session():
 
 
 @pytest.fixture
-def workdir(tmp_path, tmp_path_factory, monkeypatch):
-    """Each test in its own folder (its own ./mlflow.db and ./sweep_results); datasets cached across tests."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DMH_DATA_DIR", str(tmp_path_factory.getbasetemp() / "sweep-data"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
+def workdir(sweep_workdir):
+    return sweep_workdir
 
 
 def mlflow_runs(workdir, experiment):
