@@ -31,8 +31,8 @@ from dmh.tracking import check_store, open_client
 HERE = Path(__file__).resolve().parent
 # The cpu preset's full training, every held-out task, and evaluations along the way (so best-during-training exists).
 CPU = ("--set", "steps=3000", "--set", "eval_tasks=0", "--set", "eval_every=500", "--set", "checkpoint_every=500")
-# T-maze: at 50 DT and DM-H reach return 1 within 750 updates; at 1000 one DT update is ~3 s on an idle core (DM ~4 s,
-# DM-H ~1 s), too slow for 5 seeds here; so lengths 50 and 200 at 1000 updates (docs/results.md)
+# T-maze: at 50 DT and DM-H reach return 1 within 750 updates; at 1000 one update took DT 7.8 s, DM 10.7 s, DM-H 2.3 s
+# on cores shared ~2.5 ways, hours per run: so lengths 50 and 200 at 1000 updates (docs/results.md)
 TMAZE = ("--lengths", "50", "200", "--set", "steps=1000", "--set", "eval_tasks=0", "--set", "eval_every=250",
          "--set", "checkpoint_every=250")
 
