@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from dmh.sweep import EXIT_BAD_ARGUMENTS, build_parser
+from dmh.tracking import open_client
 from dmh.vocabulary import Tag
 from sweeps import campaign
 
@@ -17,9 +18,9 @@ SMOKE = (campaign.Stage("c", "c_sensitivity.py", ("--preset", "smoke", "--c", "1
 
 
 def trial_runs(storage: Path) -> list:
-    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    client = open_client(f"sqlite:///{storage / 'mlflow.db'}")  # under the store's lock: a sweep may be creating it
     experiment = client.get_experiment_by_name("c_sensitivity")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    runs = [] if experiment is None else client.search_runs([experiment.experiment_id], max_results=1000)
     return [r for r in runs if Tag.SWEEP_PARENT not in r.data.tags]
 
 
@@ -116,3 +117,46 @@ def test_two_campaigns_on_one_storage_are_refused(sweep_workdir, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.slow
+def test_sigint_to_the_driver_stops_the_sweep_gracefully_and_the_campaign_resumes_it(sweep_workdir):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    storage = sweep_workdir / "campaign"
+    code = ("import sys; from sweeps import campaign; "
+            "stage = campaign.Stage('c', 'c_sensitivity.py', ('--preset', 'smoke', '--c', '1', '5', '10', "
+            "'--ray-address', 'local', '--max-concurrent', '1', '--set', 'steps=30', '--set', 'checkpoint_every=3'), "
+            f"1, 'Fig. 4b'); sys.exit(campaign.run((stage,), {str(storage)!r}, None))")
+    env = {**os.environ, "PYTHONPATH": str(campaign.HERE.parent)}
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=sweep_workdir, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None:
+            if any(r.info.status == "FINISHED" for r in trial_runs(storage)):
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        driver.send_signal(signal.SIGINT)  # the driver alone: the sweep is in a session of its own
+        err = driver.communicate(timeout=120)[1]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == campaign.EXIT_INCOMPLETE, err.decode()[-3000:]
+    assert "c_cpu_s0 ended with exit code 3" in err.decode()
+    runs = trial_runs(storage)
+    assert 1 <= sum(r.info.status == "FINISHED" for r in runs) < 3 and "RUNNING" not in {r.info.status for r in runs}
+    stage = campaign.Stage("c", "c_sensitivity.py", ("--preset", "smoke", "--c", "1", "5", "10", "--ray-address",
+                                                      "local", "--set", "steps=30", "--set", "checkpoint_every=3"),
+                           1, "Fig. 4b")
+    assert campaign.state(campaign.Step(stage, 0), str(storage), f"sqlite:///{storage / 'mlflow.db'}") == "resume"
+    finished_before = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert campaign.run((stage,), str(storage), None) == 0
+    after = trial_runs(storage)
+    assert sorted(r.data.params["c"] for r in after) == ["1", "10", "5"] and {r.info.status for r in after} == {
+        "FINISHED"}
+    assert finished_before <= {r.info.run_id for r in after}  # what had finished was not run again
