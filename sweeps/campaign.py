@@ -141,17 +141,21 @@ def run(stages: tuple[Stage, ...], storage: str, tracking_uri: str | None, dry_r
 
 def run_sweep(argv: list[str], out: IO[str]) -> int:
     """One sweep as a child process in its own session, so that it hears only this driver: SIGINT or SIGTERM here is
-    passed on once, as the SIGINT on which Tune saves its state and stops (a second would make it quit at once)."""
-    child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM raises KeyboardInterrupt too
+    passed on once, as the SIGINT on which Tune saves its state and stops (a second would make it quit at once).
+    Both handlers are installed here, before the child starts: a driver started in the background (``nohup … &``)
+    inherits SIGINT ignored, and would otherwise ignore it, and so would the sweep it starts."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in signals}  # both raise KeyboardInterrupt
     try:
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             return child.wait()
         except KeyboardInterrupt:
             child.send_signal(signal.SIGINT)
             return child.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None, stages: tuple[Stage, ...] = STAGES) -> int:

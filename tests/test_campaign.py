@@ -120,14 +120,15 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-def test_sigint_to_the_driver_stops_the_sweep_gracefully_and_the_campaign_resumes_it(sweep_workdir):
+def test_sigint_to_a_background_driver_stops_the_sweep_gracefully_and_the_campaign_resumes_it(sweep_workdir):
     import os
     import signal
     import subprocess
     import time
 
     storage = sweep_workdir / "campaign"
-    code = ("import sys; from sweeps import campaign; "
+    # SIGINT ignored from the start, as in a driver started with `nohup ... &`: the driver must still hear it
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); from sweeps import campaign; "
             "stage = campaign.Stage('c', 'c_sensitivity.py', ('--preset', 'smoke', '--c', '1', '5', '10', "
             "'--ray-address', 'local', '--max-concurrent', '1', '--set', 'steps=30', '--set', 'checkpoint_every=3'), "
             f"1, 'Fig. 4b'); sys.exit(campaign.run((stage,), {str(storage)!r}, None))")
