@@ -41,6 +41,7 @@ class Entry:
     scale: dict[str, str]  # analysis.compare.scale: runs, presets, gradient updates, seeds per cell, tasks, ...
     missing: dict[str, int]  # reason → cells, for the cells missing or thin
     comparison: Path | None  # OUT/comparison/<name>.md; None where there is no paper number (the z study)
+    summary: str = ""  # what the index says of it instead of its cell coverage (the claims: verdicts counted)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def preamble(source: dict) -> list[str]:
 
 
 def coverage(entry: Entry) -> str:
+    if entry.summary:
+        return entry.summary
     if entry.comparison is not None:
         return f"{entry.ours} of {entry.cells} cells have this project's runs"
     if entry.cells == 0:

@@ -10,7 +10,9 @@
 3. For every table and figure a paper-vs-this-project comparison (``OUT/comparison/<view>.{md,csv}``: mean ± s.e.,
    IQM with a 95 % bootstrap interval, the paper's number, and why anything is missing; for a return or score both
    the final evaluation, which the paper's number compares with, and the best evaluation during training).
-4. ``OUT/index.md`` links everything and states the scale of every number (preset, gradient updates, seeds, tasks);
+4. The paper's claims on the experiments run here, each a paired difference over seeds with a verdict
+   (``OUT/tables/claims.*``, :mod:`analysis.claims`).
+5. ``OUT/index.md`` links everything and states the scale of every number (preset, gradient updates, seeds, tasks);
    ``OUT/index.html`` says the same on one self-contained page with every table and figure inline.
 
 A partial sweep still produces everything: cells without runs say so.
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import figures, tables, z_table
+from analysis import claims, figures, tables, z_table
 from analysis.compare import VIEWS, best_note, cells, has_best, scale
 from analysis.export import Export, export_runs, load_export, save_export
 from analysis.index import FINAL_VS_BEST, Entry, Section, html_index, markdown_index
@@ -145,8 +147,8 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
             tmp.write_text(f"**{VIEWS[name].title}: paper vs this project**\n\n{legend}" + tables.markdown(texts[name]))
         with atomic_path(written[f"comparison/{name}"][1]) as tmp:
             frame.to_csv(tmp, index=False)
-    study = z_table.z_table(export)
-    built = [tables.table1(view_cells["table1"], view_cells["table1_efficiency"]),
+    study, judged = z_table.z_table(export), claims.claims_table(export, view_cells)
+    built = [judged, tables.table1(view_cells["table1"], view_cells["table1_efficiency"]),
              tables.table2(view_cells["table2"], paper),
              tables.table4(view_cells["table4_offline"], view_cells["table4_online"], paper), study]
     for table in built:
@@ -165,6 +167,9 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
             echo(f"\n{VIEWS[name].title}: paper vs this project ({len(frame) - len(ours)} more paper cells without "
                  f"runs here: {written[f'comparison/{name}'][0]})\n")
             echo(tables.markdown(comparison(ours)))
+    if (judged.numbers["n"] > 0).any():
+        echo(f"\n{claims.TITLE} ({written[f'tables/{judged.name}'][0]})\n")
+        echo(tables.markdown(judged.text[judged.numbers["n"] > 0]))
     if (study.numbers["n"] > 0).any():
         echo(f"\n{z_table.TITLE} ({written[f'tables/{study.name}'][0]})\n")
         echo(tables.markdown(study.text))
@@ -191,8 +196,14 @@ def sections(export: Export, view_cells: dict[str, pd.DataFrame], built: dict[st
     def table(name: str, entries: list[Entry]) -> Section:
         return Section("tables", name, written[f"tables/{name}"], entries, built[name].caption, built[name].text)
 
-    study = built[z_table.SWEEP].numbers
-    return [*(table(name, [entry(v) for v in views]) for name, views in TABLE_VIEWS.items()),
+    study, judged = built[z_table.SWEEP].numbers, built[claims.NAME].numbers
+    verdicts = judged["verdict"].value_counts()
+    summary = ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in claims.VERDICTS) + f", of {len(judged)}"
+    seeds = judged.loc[judged["n"] > 0, "n"]
+    return [table(claims.NAME, [Entry(claims.NAME, claims.TITLE, int((judged["n"] > 0).sum()), len(judged),
+                                      {"seeds per claim": f"{seeds.min()}–{seeds.max()}" if len(seeds) else "0"},
+                                      {}, None, summary)]),
+            *(table(name, [entry(v) for v in views]) for name, views in TABLE_VIEWS.items()),
             table(z_table.SWEEP, [Entry(z_table.SWEEP, z_table.TITLE, int((study["n"] > 0).sum()), len(study),
                                         scale(export, z_table.VIEW), missing(study), None)]),
             *(Section("figures", name, written[f"figures/{name}"], [entry(v) for v in spec.views])

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 from mlflow import MlflowClient
 
-from analysis import make_all, z_table
+from analysis import claims, make_all, z_table
 from analysis.export import export_runs, load_export, z_draw
 from analysis.stats import bootstrap_ci, iqm, standard_error, summarize, t_interval
 from dmh.data.d4rl import normalized_score
@@ -189,7 +189,7 @@ def read(report, name):
 
 def test_every_table_and_figure_is_written_and_linked_from_the_index(report):
     index = (report / "index.md").read_text()
-    for name in ("table1", "table2", "table4", "z_study"):
+    for name in ("claims", "table1", "table2", "table4", "z_study"):
         for ext in ("md", "tex", "csv"):
             assert (report / "tables" / f"{name}.{ext}").stat().st_size > 0
             assert f"tables/{name}.{ext}" in index
@@ -197,6 +197,21 @@ def test_every_table_and_figure_is_written_and_linked_from_the_index(report):
         for ext in ("png", "pdf"):
             assert (report / "figures" / f"{name}.{ext}").stat().st_size > 1000
             assert f"figures/{name}.{ext}" in index
+
+
+def test_the_claims_table_judges_the_synthetic_runs_and_the_index_counts_its_verdicts(report):
+    numbers = pd.read_csv(report / "tables" / "claims.csv")
+    fig2 = numbers[(numbers["view"] == "fig2") & (numbers["task"] == "darkroom")].set_index("worse")
+    # DM-H's curves run 1+s → 5+s: 4 better at its last episode than its first at both seeds, an interval of width 0
+    improves = fig2.loc["DM-H, episode 1"]
+    assert (improves["n"], improves["difference"], improves["verdict"]) == (2, pytest.approx(4.0), "reproduced")
+    # against AD (Transformer)'s last episode (2) by 3 and 4: two seeds' t-interval (t = 12.7) holds 0
+    against = fig2.loc["AD (Transformer), last episode"]
+    assert against["difference"] == pytest.approx(3.5) and against["verdict"] == "inconclusive"
+    counts = numbers["verdict"].value_counts()
+    summary = ", ".join(f"{int(counts.get(v, 0))} {v}" for v in claims.VERDICTS) + f", of {len(numbers)}"
+    assert summary in (report / "index.md").read_text()
+    assert summary in (report / "index.html").read_text()
 
 
 def test_c_sensitivity_cells_hold_mean_se_and_iqm_over_seeds_with_latest_rerun_winning(report):

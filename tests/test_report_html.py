@@ -22,7 +22,7 @@ from analysis.compare import VIEWS
 # test_mlflow_ui's flags, plus: no host name resolves, so nothing but the file:// page can load. (Scripts stay on:
 # --dump-dom and --screenshot run their own; that the page has none is checked on its source.)
 OFFLINE_FLAGS = [*CHROMIUM_FLAGS, "--host-resolver-rules=MAP * ~NOTFOUND"]
-TABLES = len(make_all.TABLE_VIEWS) + 1 + len(VIEWS)  # the paper's tables, the z study, each view's comparison
+TABLES = len(make_all.TABLE_VIEWS) + 2 + len(VIEWS)  # the paper's tables, the claims, the z study, each comparison
 
 
 class Elements(HTMLParser):
@@ -101,7 +101,7 @@ def test_the_html_index_shows_every_table_and_comparison_and_the_scale_the_markd
     assert len(elements.all("table")) == TABLES
     scales = [line.strip()[2:] for line in (report / "index.md").read_text().splitlines()
               if line.strip().startswith("- scale: ")]
-    assert len(scales) == len(VIEWS) + 1  # every view and the z study
+    assert len(scales) == len(VIEWS) + 2  # every view, the claims and the z study
     for scale in scales:
         assert f"<li>{html.escape(scale)}</li>" in page
     assert "ours best during training mean ± s.e. (seeds)" in elements.cells  # a comparison's header
