@@ -173,6 +173,13 @@ def claim_tasks(claim: Claim, cells: pd.DataFrame) -> list[str]:
     return sorted(tasks, key=lambda t: (0.0 if math.isnan(memory_length(t)) else memory_length(t), t))
 
 
+def signed(mean: float, low: float, high: float) -> str:
+    """A difference and its interval: ``+0.85 [+0.20, +1.50]``; "—" without one."""
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:+.2f}" + ("" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
+
+
 def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
     """Every claim of :data:`CLAIMS` judged on each of its tasks, as a :class:`analysis.tables.Table`."""
     rows, claims = [], []
@@ -186,11 +193,6 @@ def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
     def num(value: float) -> str:
         return "—" if math.isnan(value) else f"{value:.2f}"
 
-    def interval(mean: float, low: float, high: float) -> str:
-        if math.isnan(mean):
-            return "—"
-        return f"{mean:+.2f}" + ("" if math.isnan(low) else f" [{low:+.2f}, {high:+.2f}]")
-
     text = pd.DataFrame({
         "figure": numbers["view"],
         "the paper says": numbers["claim"],
@@ -199,11 +201,11 @@ def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
         "seeds": numbers["n"],
         "ours (final)": [f"{num(a)} vs {num(b)}" for a, b in zip(numbers["better_mean"], numbers["worse_mean"],
                                                                   strict=True)],
-        f"difference [{CONFIDENCE:.0%} t-interval]": [interval(*v) for v in
+        f"difference [{CONFIDENCE:.0%} t-interval]": [signed(*v) for v in
                                                       zip(numbers["difference"], numbers["low"], numbers["high"],
                                                           strict=True)],
         "verdict": numbers["verdict"],
-        "best during training: difference": [interval(*v) for v in zip(
+        "best during training: difference": [signed(*v) for v in zip(
             numbers["best_difference"], numbers["best_low"], numbers["best_high"], strict=True)],
         "paper": [f"{num(a)} vs {num(b) if w else level}" for a, b, w, level in
                   zip(numbers["paper_better"], numbers["paper_worse"], [c.worse is not None for c in claims],

@@ -5,16 +5,20 @@ off, per task. The paper has no such study, so the table has no paper column.
 
 One row per task × z × z_dim × valuable sub-goals that has runs: the final last-episode return (mean ± s.e. over
 seeds, and a Student-t 95 % interval of the mean, since with 3 seeds a bootstrap interval cannot be wider than their
-range), the best evaluation during training (``analysis.export.BEST``), and the first online episode's return of the
-final evaluation, so that in-context improvement reads first → final.
+range), the best evaluation during training (``analysis.export.BEST``), the first online episode's return of the
+final evaluation, and the in-context gain, each run's final minus its first episode with its t-interval over seeds:
+the cell learns in context where that interval is above 0 (the issue's rule picks the paper-faithful z "wherever it
+learns").
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
+from analysis import claims
 from analysis.compare import View, best_note, mark_short, missing_reason, view_runs
 from analysis.export import Export
 from analysis.stats import CONFIDENCE, summarize, t_interval
@@ -27,11 +31,16 @@ VIEW = View(SWEEP, TITLE, (SWEEP,), "last_return")  # the runs it reads, for com
 Z_ORDER = ("step", "block", "mean")  # the authors' code, the paper, deterministic
 KEYS = ["task", "z", "z_dim", "valuable_subgoals"]
 COLUMNS = [*KEYS, "n", "mean", "se", "t_low", "t_high", "best_mean", "best_se", "evaluated_during_training",
-           "first_mean", "first_se", "first_n", "reason"]
+           "first_mean", "first_se", "first_n", "gain", "gain_low", "gain_high", "learns", "reason"]
+# Whether a cell learns in context, from its runs' final − first-episode returns (analysis.claims.verdict): the
+# issue's rule for choosing the cpu preset's z is "the paper-faithful setting wherever it learns".
+LEARNS = {claims.REPRODUCED: "yes", claims.NOT_REPRODUCED: "no, worse", claims.INCONCLUSIVE: "inconclusive",
+          claims.NO_RUNS: "—"}
 CAPTION = (f"{TITLE} (this project's study, not in the paper). Final: the last online episode's return after "
            f"training, mean ± s.e. over seeds (seeds) and a Student-t {CONFIDENCE:.0%} interval of the mean; best "
            "during training: each run's max over its evaluations during training and the final one; first episode: "
-           "the first online episode of the final evaluation (in-context improvement: first → final)")
+           "the first online episode of the final evaluation; in context: each run's final minus its first episode, "
+           "mean over seeds and t-interval, and whether it learns (yes: the interval is above 0)")
 
 
 def z_cells(export: Export) -> pd.DataFrame:
@@ -43,12 +52,16 @@ def z_cells(export: Export) -> pd.DataFrame:
         done = group[group["outcome"] == Outcome.COMPLETED]
         final_values = done["last_return"].dropna().to_numpy(dtype=float)
         final, best = summarize(final_values), summarize(done["best_return"].to_numpy(dtype=float))
-        start = summarize(done["run_id"].map(first).to_numpy(dtype=float))
+        firsts = done["run_id"].map(first).to_numpy(dtype=float)
+        start = summarize(firsts)
         low, high = t_interval(final_values)
+        gaps = done["last_return"].to_numpy(dtype=float) - firsts
+        gain, gain_low, gain_high, said = claims.verdict(gaps[~np.isnan(gaps)])
         rows.append({**dict(zip(KEYS, key, strict=True)), "n": final.n, "mean": final.mean, "se": final.se,
                      "t_low": low, "t_high": high, "best_mean": best.mean, "best_se": best.se,
                      "evaluated_during_training": int((done["evals_during_training"].fillna(0) > 0).sum()),
-                     "first_mean": start.mean, "first_se": start.se, "first_n": start.n,
+                     "first_mean": start.mean, "first_se": start.se, "first_n": start.n, "gain": gain,
+                     "gain_low": gain_low, "gain_high": gain_high, "learns": LEARNS[said],
                      "reason": "" if final.n else missing_reason(group["outcome"]), "seeds": done["seed"].nunique()})
     cells = pd.DataFrame(rows, columns=[*COLUMNS, "seeds"])
     mark_short(cells, cells["seeds"])
@@ -92,6 +105,9 @@ def z_table(export: Export) -> Table:
                                        zip(cells["mean"], cells["se"], cells["n"], cells["reason"], strict=True)],
         f"final: {CONFIDENCE:.0%} t-interval": [interval(lo, hi) for lo, hi in
                                                 zip(cells["t_low"], cells["t_high"], strict=True)],
+        f"in context: final − first [{CONFIDENCE:.0%} t]": [
+            claims.signed(*v) for v in zip(cells["gain"], cells["gain_low"], cells["gain_high"], strict=True)],
+        "learns in context": cells["learns"],
         "best during training: mean ± s.e.": [fmt(m, s) for m, s in
                                               zip(cells["best_mean"], cells["best_se"], strict=True)],
         "note": [best_note(n, k) for n, k in zip(cells["n"], cells["evaluated_during_training"], strict=True)],

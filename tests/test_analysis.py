@@ -507,8 +507,22 @@ def test_z_study_cells_hold_final_mean_se_t_interval_best_and_first_episode(repo
     assert step["best_mean"] == pytest.approx((0.95 + 0.7 + 0.9) / 3)  # seed 0 scored 0.95 during training
     assert step["evaluated_during_training"] == 1
     assert (step["first_mean"], step["first_n"]) == (pytest.approx(0.2), 3)
+    gains = [0.5 - 0.1, 0.7 - 0.2, 0.9 - 0.3]  # each run's final minus its own first episode
+    assert step["gain"] == pytest.approx(0.5)
+    assert (step["gain_low"], step["gain_high"]) == pytest.approx(t_interval(gains))
+    assert step["learns"] == "yes"  # the interval [0.25, 0.75] is above 0
     text = (report / "tables" / "z_study.md").read_text()
-    assert "| Darkroom Hard | step | 2 | on | 0.20 ± 0.06 (3) | 0.70 ± 0.12 (3) | [0.20, 1.20] | 0.85 ± 0.08 |" in text
+    assert ("| Darkroom Hard | step | 2 | on | 0.20 ± 0.06 (3) | 0.70 ± 0.12 (3) | [0.20, 1.20] | +0.50 [+0.25, +0.75] "
+            "| yes | 0.85 ± 0.08 |") in text
+
+
+def test_a_z_cell_of_one_seed_or_a_gain_that_straddles_zero_is_inconclusive_not_learning(report):
+    table = z_study(report).set_index(["task", "z", "z_dim"])
+    one_seed = table.loc[("darkroom", "block", 2)]  # 0.0 → 1.0, one seed: no interval
+    assert one_seed["gain"] == pytest.approx(1.0) and one_seed["learns"] == "inconclusive"
+    two = table.loc[("darkroom-hard", "mean", 8)]  # 0.0 → 0.4 and 0.2 → 0.6: +0.4 at both seeds
+    assert (two["gain"], two["gain_low"], two["gain_high"]) == (pytest.approx(0.4),) * 3
+    assert two["learns"] == "yes"
 
 
 def test_a_partial_z_study_shows_short_and_unfinished_cells_with_their_reasons(report):
