@@ -203,9 +203,10 @@ def test_sigterm_ends_the_run_killed_and_resume_finishes_it(workdir):
     assert list(ckpt_dir.glob("*/checkpoint.pt")), proc.stdout.read().decode() if proc.poll() is not None else "no ckpt"
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    output = proc.stdout.read().decode()  # what the run said while it stopped, shown if the status is wrong
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("dmh").experiment_id])
-    assert run.info.status == "KILLED"
+    assert run.info.status == "KILLED", output[-3000:]
     (ckpt,) = ckpt_dir.glob("*/checkpoint.pt")
     assert load_checkpoint(ckpt)["run_id"] == run.info.run_id
 
