@@ -93,15 +93,19 @@ COLUMNS = ["view", "claim", "task", "better", "worse", "n", "better_mean", "wors
            "verdict", "best_difference", "best_low", "best_high", "paper_better", "paper_worse"]
 
 
-def per_seed(points: pd.DataFrame, side: Side, column: str) -> pd.Series:
-    """Seed → the side's ``column`` (value or best) averaged over its x values, completed runs only."""
-    rows = points[(points["algo"] == side.algo) & (points["outcome"] == Outcome.COMPLETED)]
+def at(rows: pd.DataFrame, side: Side, last_of: str | None) -> pd.DataFrame:
+    """The rows of a side's variant and x values; LAST: the largest x per ``last_of`` group (None: over all rows)."""
     if side.variant is not None:
         rows = rows[rows["variant"] == side.variant]
     if side.x == LAST:
-        rows = rows[rows["x"] == rows.groupby("run_id")["x"].transform("max")]
-    elif side.x:
-        rows = rows[rows["x"].isin(side.x)]
+        largest = rows.groupby(last_of)["x"].transform("max") if last_of else rows["x"].max()
+        return rows[rows["x"] == largest]
+    return rows[rows["x"].isin(side.x)] if side.x else rows
+
+
+def per_seed(points: pd.DataFrame, side: Side, column: str) -> pd.Series:
+    """Seed → the side's ``column`` (value or best) averaged over its x values, completed runs only."""
+    rows = at(points[(points["algo"] == side.algo) & (points["outcome"] == Outcome.COMPLETED)], side, "run_id")
     return rows.dropna(subset=[column]).groupby("seed")[column].mean()
 
 
@@ -126,13 +130,8 @@ def verdict(gaps: np.ndarray) -> tuple[float, float, float, str]:
 
 def paper_value(cells: pd.DataFrame, task: str, side: Side) -> float:
     """The paper's number for a side (mean over its x values), NaN where the paper has none."""
-    rows = cells[(cells["task"] == task) & (cells["algo"] == side.algo) & (cells["paper_status"] == "ok")]
-    if side.variant is not None:
-        rows = rows[rows["variant"] == side.variant]
-    if side.x == LAST:
-        rows = rows[rows["x"] == rows["x"].max()]
-    elif side.x:
-        rows = rows[rows["x"].isin(side.x)]
+    rows = at(cells[(cells["task"] == task) & (cells["algo"] == side.algo) & (cells["paper_status"] == "ok")], side,
+              None)
     return float(rows["paper"].mean()) if len(rows) else math.nan
 
 
