@@ -188,6 +188,26 @@ def latest_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
         ["sweep", "task", "algo", "seed"], ignore_index=True)
 
 
+def merge_exports(kept: Export, new: Export) -> Export:
+    """Two exports as one, by the rule of one export: one row per trial key, its latest result winning, so a trial
+    run again replaces its earlier row and a new trial is added. How a campaign's results outlive the store they
+    were run in: each sitting's export is merged into the committed cache (sweeps/campaign.py ``--results``).
+    Curves follow the rows kept; ``source`` lists every export merged (``exports``), oldest first."""
+    runs = latest_per_trial(pd.concat([kept.runs, new.runs], ignore_index=True)
+                            if len(kept.runs) else new.runs.copy())
+    runs = runs.reindex(columns=RUN_COLUMNS)
+    runs["z_dim"] = runs["z_dim"].astype("Int64")
+    curves = pd.concat([kept.curves, new.curves], ignore_index=True).drop_duplicates(["run_id", "episode"],
+                                                                                     keep="last")
+    curves = curves[curves["run_id"].isin(runs["run_id"])].sort_values(["run_id", "episode"], ignore_index=True)
+    exports = [*kept.source.get("exports", [kept.source]), *new.source.get("exports", [new.source])]
+    exports = [e for e in exports if e]  # an empty cache has no source of its own
+    source = {"tracking_uri": "; ".join(dict.fromkeys(e.get("tracking_uri", "") for e in exports)),
+              "experiments": sorted({x for e in exports for x in e.get("experiments", [])}),
+              "exported_at": max(e.get("exported_at", "") for e in exports), "exports": exports}
+    return Export(runs, curves, source)
+
+
 def save_export(export: Export, folder: Path) -> None:
     """Write ``runs.csv``, ``curves.csv`` and ``meta.json`` into ``folder``, each atomically."""
     folder.mkdir(parents=True, exist_ok=True)

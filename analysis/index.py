@@ -58,8 +58,12 @@ class Section:
 
 def preamble(source: dict) -> list[str]:
     """The paragraphs both indexes open with: where the numbers came from and what each statistic is."""
-    return [f"Built from MLflow store `{source.get('tracking_uri')}`, experiments "
-            f"{', '.join(source.get('experiments', [])) or '(none)'}, exported {source.get('exported_at')}.",
+    exports = source.get("exports", [source])
+    built = "; ".join(f"MLflow store `{e.get('tracking_uri')}`, experiments "
+                      f"{', '.join(e.get('experiments', [])) or '(none)'}, exported {e.get('exported_at')}"
+                      for e in exports)
+    merged = f" ({len(exports)} exports merged, the latest result of each trial kept)" if len(exports) > 1 else ""
+    return [f"Built from {built}{merged}.",
             "Ours: mean ± standard error over seeds (seeds in brackets), and the interquartile mean with a "
             f"{CONFIDENCE:.0%} percentile-bootstrap interval. Paper: the published number "
             "(analysis/paper_numbers.csv, provenance per number). A missing number is shown as missing, with its "

@@ -2,11 +2,19 @@
 one store. Run it again after an interruption, in the same or a later sitting: a sweep whose parent run ended
 FINISHED is skipped, an interrupted one is continued with ``--resume``, the rest start in order.
 
-    python sweeps/campaign.py [--storage sweep_results/campaign] [--only z_study grid_world ...] [--dry-run]
+    python sweeps/campaign.py [--storage sweep_results/campaign] [--results docs/results/campaign]
+                              [--only z_study grid_world ...] [--dry-run]
 
 Order: the z study's seeds first (they choose the ``cpu`` preset's z, which every later DM-H run uses), then the
 paper's experiments seed by seed, so that a partial campaign holds whole seeds of every figure. The MLflow store is
 ``<storage>/mlflow.db`` unless ``--tracking-uri`` says otherwise; each sweep's log is ``<storage>/<name>.log``.
+
+``--results FOLDER`` keeps the campaign beyond its store: after every sweep, finished or interrupted, its experiment's
+runs are merged into the report cache ``FOLDER/data`` (one row per trial, the latest result winning), the report is
+redrawn there from the cache, and a finished sweep is listed in ``FOLDER/data/campaign.json``. A listed sweep counts
+as done in any later sitting, with a new store or none, so a campaign spans machines whose ignored folders do not
+survive; commit FOLDER after each sweep. What is lost with a store is only the Tune state of an unfinished sweep: it
+starts again, and its runs replace the merged ones trial by trial.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import argparse
 import dataclasses
 import fcntl
 import importlib.util
+import json
 import signal
 import subprocess
 import sys
@@ -23,12 +32,14 @@ from types import ModuleType
 from typing import IO
 
 from dmh.errors import DmhError
+from dmh.io import atomic_path, check_writable_dir
 from dmh.sweep import EXIT_BAD_ARGUMENTS, EXIT_INCOMPLETE
 from dmh.sweep.bookkeeping import parent_run
 from dmh.sweep.plan import check_storage
 from dmh.tracking import check_store, open_client
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent  # the checkout: analysis/ (which --results uses) is not installed with dmh, it sits here
 # The cpu preset's full training, every held-out task, and evaluations along the way (so best-during-training exists).
 CPU = ("--set", "steps=3000", "--set", "eval_tasks=0", "--set", "eval_every=500", "--set", "checkpoint_every=500")
 # T-maze: at 50 DT and DM-H reach return 1 within 750 updates; at 1000 one update took DT 7.8 s, DM 10.7 s, DM-H 2.3 s
@@ -56,6 +67,7 @@ STAGES = (
     Stage("tmaze", "tmaze.py", ("--preset", "cpu", *TMAZE), 5, "Fig. 3"),
 )
 FIRST = ("z_study",)  # stages run to their last seed before the rest, which then go seed by seed
+MANIFEST = "campaign.json"  # in --results' data/: the sweeps that finished and whose runs that cache holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +93,44 @@ def steps(stages: tuple[Stage, ...] = STAGES, first: tuple[str, ...] = FIRST) ->
     rest = [s for s in stages if s.key not in first]
     late = [Step(s, k) for k in range(max((s.seeds for s in rest), default=0)) for s in rest if k < s.seeds]
     return early + late
+
+
+class Results:
+    """The report folder a campaign keeps its runs in (``--results``): its cache (``data/``) and the manifest of the
+    sweeps that finished into it."""
+
+    def __init__(self, folder: Path) -> None:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from analysis.export import load_export
+
+        self.folder = folder
+        self.data = folder / "data"
+        check_writable_dir(self.data, "--results")
+        self.cache = load_export(self.data) if (self.data / "runs.csv").exists() else None  # a bad cache: one line
+        manifest = self.data / MANIFEST
+        try:
+            self.finished: list[str] = json.loads(manifest.read_text())["finished"] if manifest.exists() else []
+        except (ValueError, KeyError, TypeError):
+            raise DmhError(f"{manifest} is not a campaign manifest ({{\"finished\": [sweep names]}})") from None
+
+    def keep(self, step: Step, tracking_uri: str, finished: bool) -> None:
+        """Merge the step's experiment from the store into the cache, redraw the report there, and list the step
+        if it finished. A sweep that stopped before its experiment existed has nothing to merge."""
+        from analysis.export import export_runs, merge_exports, save_export
+        from analysis.make_all import build_report
+
+        try:
+            export = export_runs(tracking_uri, [sweep_name(step.stage.script)])
+        except DmhError:
+            return
+        self.cache = export if self.cache is None else merge_exports(self.cache, export)
+        save_export(self.cache, self.data)
+        build_report(self.folder, None, None, from_cache=True, echo=lambda _: None)
+        if finished and step.name not in self.finished:
+            self.finished.append(step.name)
+        with atomic_path(self.data / MANIFEST) as tmp:  # last: a sweep is listed only once its runs are kept
+            Path(tmp).write_text(json.dumps({"finished": self.finished}, indent=2) + "\n")
 
 
 def state(step: Step, storage: str, tracking_uri: str) -> str:
@@ -109,11 +159,13 @@ def sweep_name(script: str) -> str:
 
 
 def run(stages: tuple[Stage, ...], storage: str, tracking_uri: str | None, dry_run: bool = False,
-        first: tuple[str, ...] = FIRST) -> int:
-    """Run every step not yet done, in order; stop at the first sweep that does not finish (its exit code)."""
+        first: tuple[str, ...] = FIRST, results: Path | None = None) -> int:
+    """Run every step not yet done, in order; stop at the first sweep that does not finish (its exit code).
+    ``results``: the report folder the campaign's runs are kept in (the module docstring)."""
     storage = check_storage(storage)
     tracking_uri = tracking_uri or f"sqlite:///{Path(storage) / 'mlflow.db'}"
     check_store(tracking_uri)
+    kept = None if results is None else Results(results)
     lock = None if dry_run else (Path(storage) / "campaign.lock").open("w")  # held while this function runs
     if lock is not None:
         try:
@@ -122,15 +174,24 @@ def run(stages: tuple[Stage, ...], storage: str, tracking_uri: str | None, dry_r
             raise DmhError(f"another campaign is running on {storage} (campaign.lock is held)") from None
     plan = steps(stages, first)
     for i, step in enumerate(plan, 1):
+        line = f"campaign: [{i}/{len(plan)}] {step.name} ({step.stage.figure}): "
+        if kept is not None and step.name in kept.finished:
+            print(f"{line}done (kept in {kept.folder})", flush=True)
+            continue
         now = state(step, storage, tracking_uri)
-        line = f"campaign: [{i}/{len(plan)}] {step.name} ({step.stage.figure}): {now}"
+        if now == "done" and kept is not None and not dry_run:  # finished in this store before --results kept it
+            kept.keep(step, tracking_uri, finished=True)
+            print(f"{line}done; its runs merged into {kept.folder}", flush=True)
+            continue
         if dry_run or now == "done":
-            print(line, flush=True)
+            print(line + now, flush=True)
             continue
         log = Path(storage) / f"{step.name}.log"
-        print(f"{line}; log {log}", flush=True)
+        print(f"{line}{now}; log {log}", flush=True)
         with log.open("a") as out:
             code = run_sweep(step.argv(storage, tracking_uri, resume=now == "resume"), out)
+        if kept is not None:
+            kept.keep(step, tracking_uri, finished=code == 0)
         if code != 0:
             print(f"campaign: {step.name} ended with exit code {code} (see {log}); run the campaign again to "
                   "continue it", file=sys.stderr)
@@ -162,6 +223,9 @@ def main(argv: list[str] | None = None, stages: tuple[Stage, ...] = STAGES) -> i
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storage", default="sweep_results/campaign", help="Tune state, logs and the default store")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///<storage>/mlflow.db)")
+    parser.add_argument("--results", type=Path, default=None, metavar="FOLDER",
+                        help="keep every sweep's runs in this report folder's cache and list the finished ones, so "
+                             "a later sitting skips them even with a new store (e.g. docs/results/campaign)")
     parser.add_argument("--only", nargs="+", default=None, metavar="STAGE",
                         help=f"run only these stages, of {', '.join(s.key for s in stages)}")
     parser.add_argument("--dry-run", action="store_true", help="say what each sweep's state is, run nothing")
@@ -174,7 +238,7 @@ def main(argv: list[str] | None = None, stages: tuple[Stage, ...] = STAGES) -> i
             return EXIT_BAD_ARGUMENTS
         stages = tuple(s for s in stages if s.key in args.only)
     try:
-        return run(stages, args.storage, args.tracking_uri, args.dry_run)
+        return run(stages, args.storage, args.tracking_uri, args.dry_run, results=args.results)
     except DmhError as exc:
         print(f"campaign: error: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS

@@ -10,7 +10,8 @@ import scipy.stats
 from mlflow import MlflowClient
 
 from analysis import claims, make_all, z_table
-from analysis.export import export_runs, load_export, z_draw
+from analysis.export import export_runs, load_export, merge_exports, z_draw
+from analysis.index import preamble
 from analysis.stats import bootstrap_ci, iqm, standard_error, summarize, t_interval
 from dmh.data.d4rl import normalized_score
 from dmh.envs.mujoco import D4RL_DATASETS
@@ -370,6 +371,31 @@ def test_a_sweeps_parent_run_is_not_exported_as_a_trial(tmp_path):
     export = export_runs(store.uri)
     assert list(export.runs["run_id"]) == [trial]
     assert export.runs["outcome"].iloc[0] == Outcome.COMPLETED
+
+
+def test_merged_exports_keep_one_row_per_trial_the_latest_result_winning(tmp_path):
+    """A campaign's sittings, each with its own store, merged into one cache: a trial run again replaces its row
+    (a later unfinished run does not replace a result), new trials are added, curves follow the rows kept."""
+    old_store, new_store = Store(tmp_path / "old.db"), Store(tmp_path / "new.db")
+    replaced = old_store.run("c_sensitivity", "dmh", "darkroom", 0, last_return=1.0, curve=[0.0, 1.0])
+    kept = old_store.run("c_sensitivity", "dmh", "darkroom", 1, last_return=2.0, curve=[0.5, 2.0])
+    old = export_runs(old_store.uri)
+    new_store.clock = old_store.clock  # the later sitting ends later
+    again = new_store.run("c_sensitivity", "dmh", "darkroom", 0, last_return=3.0, curve=[1.0, 3.0])
+    new_store.run("c_sensitivity", "dmh", "darkroom", 1, status="KILLED")
+    added = new_store.run("c_sensitivity", "dmh", "darkroom", 2, last_return=4.0, curve=[2.0, 4.0])
+    merged = merge_exports(old, export_runs(new_store.uri))
+    rows = merged.runs.set_index("seed")
+    assert dict(rows["run_id"]) == {0: again, 1: kept, 2: added}
+    assert list(rows["last_return"]) == [3.0, 2.0, 4.0]
+    assert replaced not in set(merged.curves["run_id"])
+    assert merged.curves.groupby("run_id")["return"].last().to_dict() == {again: 3.0, kept: 2.0, added: 4.0}
+    assert [e["tracking_uri"] for e in merged.source["exports"]] == [old_store.uri, new_store.uri]
+    assert merged.source["tracking_uri"] == f"{old_store.uri}; {new_store.uri}"
+    twice = merge_exports(merged, export_runs(new_store.uri))  # merging a sitting again changes no row
+    pd.testing.assert_frame_equal(twice.runs, merged.runs)
+    assert len(twice.source["exports"]) == 3
+    assert "(3 exports merged, the latest result of each trial kept)" in preamble(twice.source)[0]
 
 
 def test_a_setting_logged_as_none_exports_as_missing_not_as_an_error(tmp_path):

@@ -1,6 +1,7 @@
 """The results campaign (sweeps/campaign.py): the z study first, then every figure seed by seed; a finished sweep is
 skipped, an interrupted one resumed, a failing one stops the campaign; bad input fails in one line before any work."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -113,6 +114,47 @@ def test_two_campaigns_on_one_storage_are_refused(sweep_workdir, capsys):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert campaign.main(["--storage", str(storage)]) == EXIT_BAD_ARGUMENTS
     assert "another campaign is running on" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_results_keep_a_campaign_across_sittings_whose_stores_are_lost(sweep_workdir, capsys):
+    """A machine whose ignored folders do not survive: a sweep finished into --results is done in any later sitting,
+    with a new store; one that finished in the store before --results was passed is merged on the next run."""
+    import json
+
+    from analysis.export import load_export
+
+    first, second = sweep_workdir / "sitting1", sweep_workdir / "sitting2"
+    results = sweep_workdir / "results"
+    one_seed = (dataclasses.replace(SMOKE[0], seeds=1),)
+    assert campaign.run(one_seed, str(first), None) == 0  # seed 0 finished, and nothing kept yet
+    assert not results.exists()
+    assert campaign.run(SMOKE, str(first), None, results=results) == 0
+    out = capsys.readouterr().out
+    assert f"c_cpu_s0 (Fig. 4b): done; its runs merged into {results}" in out
+    assert "c_cpu_s1 (Fig. 4b): start; log" in out
+    assert json.loads((results / "data" / campaign.MANIFEST).read_text()) == {"finished": ["c_cpu_s0", "c_cpu_s1"]}
+    kept = load_export(results / "data")
+    assert sorted(zip(kept.runs["seed"], kept.runs["c"], kept.runs["outcome"], strict=True)) == [
+        (0, 1, "completed"), (0, 5, "completed"), (1, 1, "completed"), (1, 5, "completed")]
+    assert set(kept.curves["run_id"]) == set(kept.runs["run_id"])
+    assert (results / "index.md").is_file() and (results / "tables" / "claims.csv").is_file()  # redrawn there
+
+    assert campaign.run(SMOKE, str(second), None, results=results) == 0  # a new store: nothing runs again
+    out = capsys.readouterr().out
+    assert f"c_cpu_s0 (Fig. 4b): done (kept in {results})" in out
+    assert f"c_cpu_s1 (Fig. 4b): done (kept in {results})" in out
+    assert trial_runs(second) == [] and not list(second.glob("*.log"))
+
+
+def test_a_broken_campaign_manifest_fails_in_one_line_before_any_sweep(sweep_workdir, capsys):
+    (sweep_workdir / "results" / "data").mkdir(parents=True)
+    (sweep_workdir / "results" / "data" / campaign.MANIFEST).write_text("[1, 2]")
+    assert campaign.main(["--storage", str(sweep_workdir / "s"), "--results", str(sweep_workdir / "results")]) == \
+        EXIT_BAD_ARGUMENTS
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "campaign.json is not a campaign manifest" in err
+    assert not list(sweep_workdir.glob("**/*.log"))
 
 
 if __name__ == "__main__":
