@@ -44,6 +44,9 @@ def row(numbers: pd.DataFrame, view: str, task: str, claim: str | None = None) -
     ([-0.5, -0.6, -0.7, -0.4, -0.5], claims.NOT_REPRODUCED),
     ([0.5, -0.6, 0.7, -0.4, 0.1], claims.INCONCLUSIVE),
     ([3.0], claims.INCONCLUSIVE),
+    ([0.55, 0.55], claims.INCONCLUSIVE),  # two seeds agreeing exactly: a zero-width interval is no evidence
+    ([0.5, 0.7], claims.INCONCLUSIVE),
+    ([0.5, 0.6, 0.7], claims.REPRODUCED),
     ([], claims.NO_RUNS),
 ])
 def test_the_verdict_reads_which_side_of_zero_the_t_interval_of_the_mean_difference_lies(gaps, expected):
