@@ -40,7 +40,8 @@ CAPTION = (f"{TITLE} (this project's study, not in the paper). Final: the last o
            f"training, mean ± s.e. over seeds (seeds) and a Student-t {CONFIDENCE:.0%} interval of the mean; best "
            "during training: each run's max over its evaluations during training and the final one; first episode: "
            "the first online episode of the final evaluation; in context: each run's final minus its first episode, "
-           "mean over seeds and t-interval, and whether it learns (yes: the interval is above 0, at 3 seeds or more)")
+           "mean over seeds and t-interval, and whether it learns (yes: the interval is above 0, at "
+           f"{claims.MIN_SEEDS} seeds or more)")
 
 
 def z_cells(export: Export) -> pd.DataFrame:
