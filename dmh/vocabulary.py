@@ -22,6 +22,14 @@ class Metric:
     EVAL_RETURN = "eval/return"  # the in-context curve: mean return over test tasks (step = online episode index)
     LAST_RETURN = "eval/last_return"  # return of the last online episode, mean over test tasks (the paper's score)
     LAST_RETURN_DURING_TRAINING = "eval/last_return_during_training"  # the same, at eval_every during training
+    FIRST_RETURN = "eval/first_return"  # return of the first online episode, mean over test tasks (before any
+    # in-context learning: the training curve's lower line)
+    FIRST_RETURN_DURING_TRAINING = "eval/first_return_during_training"  # the same, at eval_every during training
+    LAST_RETURN_SE = "eval/last_return_se"  # standard error over test tasks of LAST_RETURN (an evaluation's own
+    # noise, which the plateau rule compares changes with)
+    LAST_RETURN_SE_DURING_TRAINING = "eval/last_return_se_during_training"  # the same, at eval_every during training
+    TRAIN_LOSS_Z = "train/loss_z"  # DM-H: the z branch's action loss (train/loss adds 0.5 x the f(s_g) branch's)
+    TRAIN_LOSS_GOAL = "train/loss_goal"  # DM-H: the valuable-sub-goal branch's action loss, with z = f(s_g)
     NORMALIZED_SCORE = "eval/normalized_score"  # D4RL normalised last-episode score
     ONLINE_MIN = "time/online_min"  # minutes of online evaluation (paper Table 4, Fig. 3b)
     OFFLINE_H_PER_10K = "time/offline_h_per_10k_updates"  # training hours per 10k updates (Table 4, Fig. 5)
@@ -30,7 +38,10 @@ class Metric:
 
     # What the report summarises per run (the final value of each), and what a run logs only as a diagnostic.
     RESULTS = (LAST_RETURN, NORMALIZED_SCORE, ONLINE_MIN, OFFLINE_H_PER_10K, OOM, TRAIN_LOSS)
-    DIAGNOSTICS = (LAST_RETURN_DURING_TRAINING,)
+    DIAGNOSTICS = (LAST_RETURN_DURING_TRAINING, FIRST_RETURN_DURING_TRAINING, LAST_RETURN_SE_DURING_TRAINING,
+                   FIRST_RETURN, LAST_RETURN_SE, TRAIN_LOSS_Z, TRAIN_LOSS_GOAL)
+    # The parts a model's loss reports beside the total (``model.loss`` returns them by these names) → their keys.
+    LOSS_PARTS = {"loss_z": TRAIN_LOSS_Z, "loss_goal": TRAIN_LOSS_GOAL}
     CURVE = EVAL_RETURN
 
 

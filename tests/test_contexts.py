@@ -146,3 +146,50 @@ def test_the_terminal_flag_marks_only_episodes_the_environment_ended(histories):
     ended_early = batch["done"] & (batch["timesteps"] < 19)
     assert torch.equal(batch["terminal"] & ended_early, ended_early)  # before H only the goal ends an episode
     assert (batch["done"] & ~batch["terminal"]).any()  # and some episodes run out of time
+
+
+WINDOW = ContextSpec(kind="history", n_context=4, stride=1, sampling="window", episode_len=20, rtg_scale=1.0,
+                     window=50)
+
+
+def test_history_windows_start_at_every_step_of_an_episode_and_carry_the_step_before_them(histories):
+    s = sampler(histories, WINDOW)
+    contexts, leads = s.sample_contexts(400)
+    assert all(len(c) <= 50 for c in contexts) and any(len(c) == 50 for c in contexts)
+    first_steps = {int(s.timestep[c[0]]) for c in contexts}
+    assert first_steps == set(range(20))  # every phase of a 20-step episode, as the online window meets them
+    for steps, lead in zip(contexts, leads, strict=True):
+        assert (np.diff(steps) > 0).all() and len(np.unique(s.episode_of_step[steps])) <= 5  # play order, <= n + 1
+        if s.timestep[steps[0]] == 0:
+            continue  # a window at an episode start may follow a strided gap: any lead is the previous played step
+        assert lead == steps[0] - 1  # mid-episode: the step the learner played just before
+    batch = s.collate(contexts, leads)
+    mid = torch.from_numpy(s.timestep[[c[0] for c in contexts]] > 0)
+    assert not batch["episode_start"][mid, 0].any()  # a window that starts mid-episode starts no episode
+    lead_actions = torch.from_numpy(s.actions[[lead for lead in leads]])
+    assert torch.equal(batch["prev_actions"][mid, 0], lead_actions[mid])
+    assert torch.equal(batch["prev_actions"][:, 1:][batch["mask"][:, 1:]], batch["actions"][:, :-1][batch["mask"][:, 1:]])
+
+
+def test_ad_transformer_meets_online_exactly_the_windows_it_trains_on(monkeypatch):
+    """Online, AD (Transformer)'s window fills from the task's start, then slides by one step: at every step its
+    output is the forward over a training window ending there, started at the same step with the step before it as
+    its lead (the data layer's ``any_offset`` windows), so no online window is outside what it trained on."""
+    row, data = recorded_rollout(monkeypatch, tiny_dmh(), episodes=6)
+    torch.manual_seed(0)
+    window = 25
+    model = build_model("ad-transformer", dict(obs_dim=2, act_dim=5, discrete=True, max_timestep=64, d_model=16,
+                                               n_layer=1, n_head=1, dropout=0.0, context_len=window)).eval()
+    s = sampler(data, dataclasses.replace(WINDOW, window=window))
+    policy = model.policy(1)
+    policy.reset()
+    n = data.num_steps
+    for t in range(n):
+        out = policy.act(row["obs"][None, t], row["t"][None, t])
+        first = max(0, t - window + 1)
+        batch = s.collate([np.arange(first, t + 1)], [first - 1])
+        with torch.no_grad():
+            expected = model(batch)[0, -1]
+        torch.testing.assert_close(out[0], expected, rtol=1e-4, atol=1e-5)
+        policy.observe(row["a"][None, t], row["r"][None, t], row["d"][None, t], row["term"][None, t])
+    assert n > 2 * window  # the window slid through several episodes' phases

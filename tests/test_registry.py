@@ -30,7 +30,7 @@ def test_the_command_line_offers_exactly_the_registered_algorithms():
 def test_every_registered_algorithm_builds_trains_one_step_and_evaluates_online(algo, tmp_path, data_dir):
     run = trainer(algo, tmp_path, data_dir)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    loss = run.train_step()
+    loss = run.train_step()["loss"]
     assert math.isfinite(loss) and loss > 0
     assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     result = run.evaluate()

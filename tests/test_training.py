@@ -171,6 +171,31 @@ def test_a_tracked_run_records_the_paper_metrics_params_tags_and_artifacts(workd
     assert {"config.yaml", "checkpoint", "in_context_curve.csv", "in_context_curve.png"} <= artifacts
 
 
+def test_a_dmh_run_logs_its_two_loss_branches_and_each_evaluation_s_first_last_and_noise(workdir):
+    result = train_run(smoke(steps=4, log_every=2, eval_every=2))
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+
+    def history(key):
+        return {m.step: m.value for m in client.get_metric_history(result.run_id, key)}
+
+    total, z, goal = history("train/loss"), history("train/loss_z"), history("train/loss_goal")
+    assert set(total) == set(z) == set(goal) == {2, 4}
+    for step in total:  # the total is the z branch plus half the f(s_g) branch (subgoal_loss_weight 0.5)
+        assert total[step] == pytest.approx(z[step] + 0.5 * goal[step], rel=1e-5)
+    during = [history(f"eval/{k}_during_training") for k in ("last_return", "first_return", "last_return_se")]
+    assert all(set(h) == {2} for h in during)  # evaluations during training: at 2, not at the end (that is final)
+    final = [history(f"eval/{k}") for k in ("last_return", "first_return", "last_return_se")]
+    assert all(set(h) == {4} for h in final)
+    assert final[0][4] == pytest.approx(result.evaluation.returns[:, -1].mean())
+    assert final[1][4] == pytest.approx(result.evaluation.returns[:, 0].mean())
+
+
+def test_a_model_without_loss_parts_logs_only_its_total(workdir):
+    result = train_run(smoke("ad-mamba", steps=2, log_every=1))
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    assert {"train/loss_z", "train/loss_goal"}.isdisjoint(client.get_run(result.run_id).data.metrics)
+
+
 def test_resume_continues_the_same_mlflow_run(workdir):
     first = train_run(smoke())
     again = train_run(smoke(), resume=True)

@@ -34,6 +34,17 @@ class EvalResult:
         """Mean over test tasks of the last episode's return: the number the paper reports."""
         return float(self.returns[:, -1].mean())
 
+    @property
+    def first_return(self) -> float:
+        """Mean over test tasks of the first episode's return (before any in-context learning)."""
+        return float(self.returns[:, 0].mean())
+
+    @property
+    def last_return_se(self) -> float:
+        """Standard error over test tasks of ``last_return`` (0 with one task): one evaluation's own noise."""
+        tasks = self.returns.shape[0]
+        return float(self.returns[:, -1].std(ddof=1) / np.sqrt(tasks)) if tasks > 1 else 0.0
+
 
 def choose_actions(out: torch.Tensor, discrete: bool, sample: bool, generator: torch.Generator) -> torch.Tensor:
     """Policy outputs [B, act_dim] on any device → actions on the CPU, where the environments take them (``.numpy()``

@@ -69,7 +69,8 @@ class AlgorithmDistillation(nn.Module):
             self.embed_step = nn.Linear(cfg.obs_dim + act_feat + 2, d)  # (s_t, a_{t-1}, r_{t-1}, episode_start_t)
         self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
         self.embed_ln = nn.LayerNorm(d)
-        self.drop = nn.Dropout(cfg.dropout)
+        # a GPT drops its input tokens itself (once, as GPT-2); a Mamba backbone does not, so AD (Mamba)'s are dropped here
+        self.drop = nn.Dropout(cfg.dropout) if cfg.backbone == "mamba" else nn.Identity()
         if cfg.backbone == "transformer":
             self.backbone = cfg.gpt(self.unit * cfg.context_len, position_embedding=True)
         else:
@@ -108,9 +109,12 @@ class AlgorithmDistillation(nn.Module):
             x = self.separate_tokens(batch["timesteps"], batch["obs"], batch["actions"], batch["rewards"])
             h = self.backbone(x.flatten(1, 2)).unflatten(1, (x.shape[1], self.unit))  # [B, L, 3, d]
             return self.head(h[:, :, SEPARATE_TOKENS.index("state")])
-        none = -1 if self.cfg.discrete else 0.0
-        x = self.embed(batch["obs"], shift_right(batch["actions"], none), shift_right(batch["rewards"], 0.0),
-                       batch["episode_start"], batch["timesteps"])  # [B, L, d]
+        if "prev_actions" in batch:  # the data layer's: a window may start mid-episode, after a real step
+            prev_action, prev_reward = batch["prev_actions"], batch["prev_rewards"]
+        else:  # a context that starts a task: nothing before its first step
+            prev_action = shift_right(batch["actions"], -1 if self.cfg.discrete else 0.0)
+            prev_reward = shift_right(batch["rewards"], 0.0)
+        x = self.embed(batch["obs"], prev_action, prev_reward, batch["episode_start"], batch["timesteps"])  # [B, L, d]
         return self.head(self.backbone(x))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -108,29 +108,37 @@ def valuable_subgoal_index(
     rewards[u] is the reward of the transition s_u -> s_{u+1}, so the sum is rewards[i .. j-1]. The transition out of
     the episode's last step e is included by letting j run to e + 1 and clipping the returned state to s_e (the
     authors' code does the same). Ties go to the nearest state (first argmax), so all-zero rewards select s_{i+1}.
+    The sums are taken in float64: float32 cumulative sums make exactly tied reward sums compare unequal.
 
     rule "code" (the authors' D4RL code, §2.8): if the previous episode in the context had collected more reward by
     the end of some block than the current episode has by the end of this block, the goal is the start state of the
-    block after the first such block (clipped to that episode's last block); otherwise the paper rule. The code's
-    forward-only search pointer is dropped: with non-negative rewards both give the same block.
+    block after the first such block (clipped to that episode's last block); otherwise the paper rule as the code's
+    ``desired_states`` computes it, whose running maximum starts at 0: where no later state has a positive mean
+    reward on the way, the goal is the next state s_{i+1}. The code's forward-only search pointer is dropped: with
+    non-negative rewards both give the same block.
     """
     batch, length = rewards.shape
-    csum = torch.cat([rewards.new_zeros(batch, 1), torch.cumsum(rewards * mask, dim=1)], dim=1)  # [B, L+1] sum r[<j]
+    r = (rewards * mask).double()
+    csum = torch.cat([r.new_zeros(batch, 1), torch.cumsum(r, dim=1)], dim=1)  # [B, L+1] sum r[<j], float64
     last = episode_last_step(episode_start, mask).gather(1, from_steps)  # [B, NB] last step e of i's episode
     j = torch.arange(length + 1, device=rewards.device)  # candidate arrival states 0..L
     per_chunk = max(1, max_elements // max(batch * (length + 1), 1))
-    out = []
+    out, positive = [], []
     for s in range(0, from_steps.shape[1], per_chunk):
         i = from_steps[:, s : s + per_chunk, None]  # [B, n, 1]
         e = last[:, s : s + per_chunk, None]
         score = (csum[:, None, :] - csum.gather(1, i.squeeze(-1))[..., None]) / (j - i).clamp(min=1)  # [B, n, L+1]
         score = score.masked_fill((j <= i) | (j > e + 1), float("-inf"))
-        out.append(torch.minimum(score.argmax(-1), e.squeeze(-1)).clamp(min=0))
+        best, where = score.max(-1)  # the first maximum: ties go to the nearest state
+        out.append(torch.minimum(where, e.squeeze(-1)).clamp(min=0))
+        positive.append(best > 0)
     goal = torch.cat(out, dim=1)
     if rule == "paper":
         return goal
     if rule != "code" or block_last is None or block_valid is None:
         raise ValueError("rule must be 'paper', or 'code' with block_last and block_valid")
+    next_state = torch.minimum(from_steps + 1, last)  # desired_states' goal while its running maximum stays 0
+    goal = torch.where(torch.cat(positive, dim=1), goal, next_state)
     starts = episode_start.clone()
     starts[:, 0] = True
     episode = (torch.cumsum(starts.long(), dim=1) - 1).gather(1, from_steps)  # [B, NB] episode of each block

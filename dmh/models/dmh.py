@@ -98,8 +98,9 @@ class DecisionMambaHybrid(nn.Module):
         self.embed_ln = nn.LayerNorm(d)
         self.gpt = cfg.gpt(len(LOCAL_TOKENS) * c)
         self.head = ActionHead(d, cfg.act_dim, cfg.discrete)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.block_drop = self.drop if cfg.block_dropout else nn.Identity()
+        # dropout on the local tokens is the GPT's own (once, on its input, as GPT-2); the Mamba's block tokens get
+        # it only with block_dropout
+        self.block_drop = nn.Dropout(cfg.dropout) if cfg.block_dropout else nn.Identity()
         if cfg.valuable_subgoals:
             self.subgoal_proj = nn.Linear(cfg.obs_dim, self.z_dim)  # f
             self.subgoal_proj.requires_grad_(not cfg.freeze_subgoal_proj)
@@ -189,7 +190,7 @@ class DecisionMambaHybrid(nn.Module):
         tokens = [self.embed_z(z) + time, self.embed_state(obs) + time]
         if action is not None:
             tokens += [self.embed_action(action) + time, self.embed_reward(reward.unsqueeze(-1)) + time]
-        return self.drop(self.embed_ln(torch.stack(tokens, dim=-2)))
+        return self.embed_ln(torch.stack(tokens, dim=-2))
 
     def step_tokens(
         self, prev_action: torch.Tensor, prev_reward: torch.Tensor, prev_t: torch.Tensor, z: torch.Tensor,
@@ -201,7 +202,7 @@ class DecisionMambaHybrid(nn.Module):
         tokens = [self.embed_action(prev_action) + time[:, 0],
                   self.embed_reward(prev_reward.unsqueeze(-1)) + time[:, 0],
                   self.embed_z(z) + time[:, 1], self.embed_state(obs) + time[:, 1]]
-        return self.drop(self.embed_ln(torch.stack(tokens, dim=-2)))
+        return self.embed_ln(torch.stack(tokens, dim=-2))
 
     def local_actions(self, batch: dict[str, torch.Tensor], layout: BlockLayout, *zs: torch.Tensor,
                       blocks: torch.Tensor | None = None) -> list[torch.Tensor]:

@@ -51,7 +51,8 @@ class DecisionTransformer(nn.Module):
         self.embed_action = ActionEmbedding(cfg.act_dim, cfg.discrete, d)
         self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
         self.embed_ln = nn.LayerNorm(d)
-        self.drop = nn.Dropout(cfg.dropout)
+        # a GPT drops its input tokens itself (once, as GPT-2); a Mamba backbone does not, so DM's are dropped here
+        self.drop = nn.Dropout(cfg.dropout) if cfg.backbone == "mamba" else nn.Identity()
         if cfg.backbone == "transformer":
             self.backbone = cfg.gpt(self.tokens_per_step * cfg.context_len)
         else:

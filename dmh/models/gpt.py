@@ -29,6 +29,19 @@ class KVCache:
     hop: int = 1  # whole steps a full window drops at least: 1 keeps the longest window; more re-encodes less often
 
 
+def gpt2_init(module: nn.Module) -> None:
+    """GPT-2's initialisation (the Decision Transformer's ``trajectory_gpt2``, which DM-H's authors use): weights of
+    linear maps and embeddings from normal(0, 0.02), biases zero, LayerNorm at identity. Applied to the GPT's own
+    modules only; the models' token embeddings keep PyTorch's defaults, as theirs do."""
+    if isinstance(module, nn.Linear | nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_head: int, dropout: float) -> None:
         super().__init__()
@@ -97,14 +110,18 @@ class GPT(nn.Module):
 
     def __init__(
         self, d_model: int, n_layer: int, n_head: int, max_tokens: int, dropout: float = 0.1,
-        activation: str = "relu", position_embedding: bool = False,
+        activation: str = "relu", position_embedding: bool = False, init: str = "gpt2",
     ) -> None:
         super().__init__()
         self.d_model, self.n_head, self.max_tokens = d_model, n_head, max_tokens
         self.wpe = nn.Embedding(max_tokens, d_model) if position_embedding else None
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout)  # on the input tokens, once (GPT-2's embedding dropout)
         self.h = nn.ModuleList([GPTBlock(d_model, n_head, dropout, activation) for _ in range(n_layer)])
         self.ln_f = nn.LayerNorm(d_model)
+        if init == "gpt2":
+            self.apply(gpt2_init)
+        elif init != "torch":
+            raise ValueError(f"init must be gpt2 or torch, got {init!r}")
 
     def _embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return self.drop(x if self.wpe is None else x + self.wpe(pos))

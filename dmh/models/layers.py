@@ -45,6 +45,8 @@ class ModelConfig:
     n_layer: int = 3  # GPT blocks (paper: 3)
     n_head: int = 1  # attention heads; paper says 3, impossible with d=128, authors' code uses 1 (§8.2 item 3)
     activation: Literal["relu", "gelu"] = "relu"  # GPT MLP activation (paper: ReLU)
+    gpt_init: Literal["gpt2", "torch"] = "gpt2"  # GPT weights: GPT-2's normal(0, 0.02) and zero biases (the
+    # authors' and DT's trajectory_gpt2), or PyTorch's defaults
     # --- Mamba backbone (DM, AD (Mamba), DM-H's high level) ---
     n_mamba_layer: int = 2  # residual Mamba blocks (paper: 2)
     d_state: int = 16  # SSM state size (paper silent; code and mamba_ssm default 16)
@@ -74,7 +76,7 @@ class ModelConfig:
         """A GPT backbone built from these fields."""
         return GPT(
             self.d_model, self.n_layer, self.n_head, max_tokens, dropout=self.dropout, activation=self.activation,
-            position_embedding=position_embedding,
+            position_embedding=position_embedding, init=self.gpt_init,
         )
 
 

@@ -56,6 +56,10 @@ class TrainConfig:
     context_sampling: str = "auto"  # DM-H: "window" (strided history window, sorted by return), "random" (n random
     # episodes of one history, sorted), "length" (the authors' D4RL batches: episodes drawn in proportion to their
     # length, sorted by return, cut into consecutive contexts); auto = window for Grid World, random elsewhere
+    history_window: str = "auto"  # AD: "aligned" (n whole episodes from an episode start) or "any_offset" (a window
+    # of the model's context_len steps starting at any step, as an online window that slides step by step holds);
+    # auto = any_offset for AD (Transformer), whose online window slides, aligned for AD (Mamba), whose online state
+    # holds every step from the task's start (docs/reproduction.md)
     rtg_relabel: bool = True  # DM-H: hindsight relabelling, every episode's return-to-go starts at the context's best
     # return (the authors' relabel_rtg; online the policy starts each episode at the target return); matters only
     # where the RTG token is on (D4RL)
@@ -94,15 +98,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   checkpoint_every=3, log_every=1, n_context=2, dt_context_len=0,
                   model=dict(d_model=16, n_layer=1, n_mamba_layer=1, dropout=0.0, d_state=4)),
     # minutes on 2 CPU cores (calibrated in ../shared/reference/feasibility.md)
-    # DM-H here uses its efficiency options: one fused Mamba token per block, 10 decoded blocks per context, no
-    # activation checkpointing (short contexts fit easily), a short scan chunk; and a 32-d sub-goal z, sampled once
+    # DM-H here uses its efficiency options: one fused Mamba token per block, no activation checkpointing (short
+    # contexts fit easily), a short scan chunk; every block decoded (train_blocks=0), so that every step of a
+    # context carries an action target as it does for AD (the paper supervises every step); and a 32-d sub-goal z, sampled once
     # per block as the paper's Eq. 6: the z study (3 seeds, docs/results.md) found no draw learning in context at
     # the authors' size (obs_dim = 2 in Grid World), and the paper's draw learning on both of its tasks at 32
     "cpu": dict(steps=3000, batch_size=16, lr=1e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0,
                 checkpoint_every=250, log_every=25, threads=1,
                 model=dict(d_model=64, n_layer=2, n_mamba_layer=2, dropout=0.0, d_state=16, checkpoint_scan=False,
                            scan_chunk=16),
-                algo_model={"dmh": dict(block_tokens="fused", train_blocks=10, local_checkpoint_chunk=0, z_dim=32,
+                algo_model={"dmh": dict(block_tokens="fused", train_blocks=0, local_checkpoint_chunk=0, z_dim=32,
                                         z_train="sample", z_eval="sample", z_draw="block")}),
     # the paper's hyper-parameters (Table 3) and the authors' code's training length (100k updates), for GPU clusters
     "paper": dict(steps=100_000, batch_size=128, lr=1e-4, weight_decay=1e-4, warmup_steps=10_000, grad_clip=0.25,
@@ -268,6 +273,7 @@ MODEL_FIELD_BOUNDS: dict[str, Bounds] = {
     "window_hop": POSITIVE,
 }
 CHOICES = {"algo": ALGOS, "preset": tuple(PRESETS), "context_sampling": ("auto", "window", "random", "length"),
+           "history_window": ("auto", "aligned", "any_offset"),
            "grad_clip_scope": ("global", "module")}
 
 

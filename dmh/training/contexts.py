@@ -1,7 +1,10 @@
 """Training contexts as the paper builds them, from an ``EpisodeDataset`` into the models' batch format.
 
 - AD: n episodes of one learning history, in the order the learner played them (every ``stride``-th episode), so
-  the context shows improvement to distil.
+  the context shows improvement to distil; or (``ContextSpec.window``) a window of that many steps starting at any
+  step of such a run of episodes, as AD (Transformer) meets its context online once its window slides step by step
+  (Laskin et al. train AD on windows at every offset). A window that starts mid-episode carries the step before it
+  as its first token's previous action and reward (``prev_actions``, ``prev_rewards``), as the online window does.
 - DM-H: n episodes of one history (a strided window for Grid World, random episodes elsewhere; or, as the authors'
   D4RL code, a batch of episodes drawn in proportion to their length, sorted and cut into consecutive contexts),
   **sorted by ascending return** (paper §1.2, after the Agentic Transformer's chain of hindsight). With hindsight
@@ -10,7 +13,8 @@
 - DT / DM: a window of one episode, with its return-to-go.
 
 Batch keys (``dmh.models`` contract; [B, L] right-padded): obs, actions, rewards, timesteps, episode_start, done,
-terminal, mask, rtg.
+terminal, mask, rtg, and prev_actions, prev_rewards (each step's previous step in the context's play order: the
+step before a window that starts mid-sequence, "none" (-1 or zeros) and 0 before a context's first episode start).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class ContextSpec:
     episode_len: int  # episode: steps per window
     rtg_scale: float  # returns-to-go are divided by this
     rtg_relabel: bool = False  # sorted: every episode's return-to-go relabelled to start at the context's best return
+    window: int = 0  # history: steps per context, taken from any step of n + 1 strided episodes (0 = n whole
+    # episodes from an episode start)
 
 
 class ContextSampler:
@@ -60,19 +66,30 @@ class ContextSampler:
         histories = data.episode_history
         self.histories = [np.flatnonzero(histories == h) for h in np.unique(histories)]  # episode ids per history
 
-    def _history_episodes(self) -> np.ndarray:
-        """n episode ids from one random history: a strided window (in play order) or random episodes."""
+    def _history_episodes(self, count: int | None = None) -> np.ndarray:
+        """``count`` (default n) episode ids from one random history: a strided window (in play order) or random
+        episodes."""
         s = self.spec
+        count = count or s.n_context
         episodes = self.histories[self.rng.integers(len(self.histories))]
         if s.kind == "sorted" and s.sampling == "random":
-            picked = self.rng.choice(len(episodes), size=s.n_context, replace=len(episodes) < s.n_context)
+            picked = self.rng.choice(len(episodes), size=count, replace=len(episodes) < count)
             return episodes[np.sort(picked)]
-        stride = max(1, min(s.stride, (len(episodes) - 1) // max(s.n_context - 1, 1)))
-        span = stride * (s.n_context - 1) + 1
+        stride = max(1, min(s.stride, (len(episodes) - 1) // max(count - 1, 1)))
+        span = stride * (count - 1) + 1
         if span > len(episodes):  # a history shorter than n episodes: repeat its last one
-            return episodes[np.minimum(np.arange(s.n_context), len(episodes) - 1)]
+            return episodes[np.minimum(np.arange(count), len(episodes) - 1)]
         first = self.rng.integers(len(episodes) - span + 1)
-        return episodes[first + stride * np.arange(s.n_context)]
+        return episodes[first + stride * np.arange(count)]
+
+    def _offset_window(self) -> tuple[np.ndarray, int]:
+        """A history window of ``spec.window`` steps starting at any step of the first of n + 1 strided episodes
+        (every phase of an episode, so every window the online policy holds once its window slides), and the step
+        before it (-1 where the window starts at the first episode's start: nothing before it in play order)."""
+        episodes = self._history_episodes(self.spec.n_context + 1)
+        steps = self._steps_of(episodes)
+        offset = int(self.rng.integers(self.lengths[episodes[0]]))
+        return steps[offset: offset + self.spec.window], int(steps[offset - 1]) if offset else -1
 
     def _steps_of(self, episodes: np.ndarray) -> np.ndarray:
         return np.concatenate([np.arange(self.starts[e], self.starts[e] + self.lengths[e]) for e in episodes])
@@ -89,8 +106,16 @@ class ContextSampler:
 
     def sample_indices(self, batch_size: int) -> list[np.ndarray]:
         """Step indices of each context (a list of [L_b] int arrays)."""
+        return self.sample_contexts(batch_size)[0]
+
+    def sample_contexts(self, batch_size: int) -> tuple[list[np.ndarray], list[int]]:
+        """Step indices of each context (a list of [L_b] int arrays) and the step before each (-1: none)."""
         if self.spec.kind == "sorted" and self.spec.sampling == "length":
-            return [self._steps_of(episodes) for episodes in self._length_sorted_batch(batch_size)]
+            contexts = [self._steps_of(episodes) for episodes in self._length_sorted_batch(batch_size)]
+            return contexts, [-1] * batch_size
+        if self.spec.kind == "history" and self.spec.window:
+            windows = [self._offset_window() for _ in range(batch_size)]
+            return [w for w, _ in windows], [lead for _, lead in windows]
         contexts = []
         for _ in range(batch_size):
             if self.spec.kind == "episode":
@@ -104,21 +129,29 @@ class ContextSampler:
             if self.spec.kind == "sorted":
                 episodes = episodes[np.argsort(self.returns[episodes], kind="stable")]
             contexts.append(self._steps_of(episodes))
-        return contexts
+        return contexts, [-1] * batch_size
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        return self.collate(self.sample_indices(batch_size))
+        return self.collate(*self.sample_contexts(batch_size))
 
-    def collate(self, contexts: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Right-pad the contexts to one length and gather every per-step array."""
+    def collate(self, contexts: list[np.ndarray], leads: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Right-pad the contexts to one length and gather every per-step array; ``leads`` are the steps before
+        each context (-1 or None: none)."""
         length = max(len(c) for c in contexts)
         index = np.zeros((len(contexts), length), dtype=np.int64)
         mask = np.zeros((len(contexts), length), dtype=bool)
         for b, steps in enumerate(contexts):
             index[b, : len(steps)], mask[b, : len(steps)] = steps, True
         timestep = self.timestep[index]
+        # the real flag: a window that starts mid-episode starts no episode (block layouts start a block there
+        # anyway, dmh.models.block_layout)
         episode_start = (timestep == 0) & mask
-        episode_start[:, 0] = True  # a window that starts mid-episode still starts the context's first episode
+        prev = np.concatenate([np.array(leads or [-1] * len(contexts), dtype=np.int64)[:, None], index[:, :-1]],
+                              axis=1)  # [B, L] the step before each step in play order, -1 none
+        none = -1 if self.actions.ndim == 1 else 0
+        prev_actions = np.where((prev >= 0).reshape(prev.shape + (1,) * (self.actions.ndim - 1)),
+                                self.actions[np.maximum(prev, 0)], none).astype(self.actions.dtype)
+        prev_rewards = np.where(prev >= 0, self.rewards[np.maximum(prev, 0)], 0.0).astype(np.float32)
         done = self.last_step[index] & mask
         rtg = self.rtg[index]
         if self.spec.rtg_relabel and self.spec.kind == "sorted":
@@ -133,6 +166,8 @@ class ContextSampler:
             "terminal": torch.from_numpy(self.terminal[index] & mask),
             "mask": torch.from_numpy(mask),
             "rtg": torch.from_numpy((rtg * mask).astype(np.float32)),
+            "prev_actions": torch.from_numpy(prev_actions),
+            "prev_rewards": torch.from_numpy(prev_rewards * mask),
         }
 
     def relabel_offset(self, contexts: list[np.ndarray], index: np.ndarray) -> np.ndarray:

@@ -40,6 +40,8 @@ def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dic
     run.log_curve(result.returns)
     metrics = {
         Metric.LAST_RETURN: result.last_return,
+        Metric.FIRST_RETURN: result.first_return,
+        Metric.LAST_RETURN_SE: result.last_return_se,
         Metric.ONLINE_MIN: result.online_seconds / 60,
         Metric.OFFLINE_H_PER_10K: offline_hours_per_10k(trainer.train_seconds, trainer.step),
     }

@@ -60,13 +60,24 @@ def episode_window(cfg: TrainConfig, spec: TaskSpec) -> int:
     return cfg.dt_context_len or (20 if spec.kind == "d4rl" else spec.horizon)
 
 
-def context_spec(setup: Resolved, data: EpisodeDataset) -> ContextSpec:
+def history_window(cfg: TrainConfig) -> str:
+    """How AD's training contexts start (``TrainConfig.history_window``): ``auto`` is ``any_offset`` where the online
+    context is a window that slides step by step (a transformer over the history), else ``aligned``."""
+    if cfg.history_window != "auto":
+        return cfg.history_window
+    entry = algorithm(cfg.algo)
+    return "any_offset" if entry.context == "history" and entry.backbone == "transformer" else "aligned"
+
+
+def context_spec(setup: Resolved, data: EpisodeDataset, model_cfg: ModelConfig) -> ContextSpec:
     cfg, spec, n = setup.cfg, setup.spec, setup.n_context
     per_history = max(1, data.num_episodes // max(1, len(np.unique(data.episode_history))))
     stride = cfg.history_stride or max(1, per_history // (2 * n))
     sampling = cfg.context_sampling if cfg.context_sampling != "auto" else "window" if spec.kind == "grid" else "random"
-    return ContextSpec(kind=algorithm(cfg.algo).context, n_context=n, stride=stride, sampling=sampling,
-                       episode_len=episode_window(cfg, spec), rtg_scale=spec.rtg_scale, rtg_relabel=cfg.rtg_relabel)
+    kind = algorithm(cfg.algo).context
+    window = model_cfg.context_len if kind == "history" and history_window(cfg) == "any_offset" else 0
+    return ContextSpec(kind=kind, n_context=n, stride=stride, sampling=sampling, episode_len=episode_window(cfg, spec),
+                       rtg_scale=spec.rtg_scale, rtg_relabel=cfg.rtg_relabel, window=window)
 
 
 def clip_groups(model: torch.nn.Module, scope: str) -> list[list[torch.nn.Parameter]]:
@@ -114,9 +125,9 @@ class Trainer:
         self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path,
                                  Path(cfg.data_dir) if cfg.data_dir else None)
         self.obs_mean, self.obs_std = observation_stats(self.data)
-        self.sampler = ContextSampler(self.data, context_spec(self.setup, self.data), self.obs_mean, self.obs_std,
-                                      seed=cfg.seed)
         self.model_cfg = model_config(self.setup)
+        self.sampler = ContextSampler(self.data, context_spec(self.setup, self.data, self.model_cfg), self.obs_mean,
+                                      self.obs_std, seed=cfg.seed)
         self.model = build_model(cfg.algo, self.model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
@@ -175,17 +186,18 @@ class Trainer:
         return True
 
     # ---------------------------------------------------------------------------------------------------- training
-    def train_step(self) -> float:
+    def train_step(self) -> dict[str, float]:
+        """One gradient update; returns its loss (``loss``) and the parts the model reports beside it."""
         self.model.train()
         batch = to_device(self.sampler.sample(self.cfg.batch_size), self.device)
-        loss, _ = self.model.loss(batch)
+        loss, parts = self.model.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in clip_groups(self.model, self.cfg.grad_clip_scope):
             torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss.detach())
+        return {**parts, "loss": float(loss.detach())}
 
     def evaluate(self) -> EvalResult:
         """Online evaluation without touching the training RNG streams (resume stays exact). Only the training
@@ -203,21 +215,24 @@ class Trainer:
         """Train to ``cfg.steps``; ``stop_after`` stops early after that many updates (to test resume)."""
         cfg = self.cfg
         restore_rng(self.rng, self.sampler.rng, self.device)  # independent of whatever ran in this process before
-        window: list[float] = []
+        window: list[dict[str, float]] = []
         timer = time.perf_counter()
         steps = range(self.step, cfg.steps)
         for updates, _ in enumerate(progress(steps, desc=f"train {self.run_dir.name}", total=len(steps)), start=1):
-            loss = self.train_step()
+            window.append(self.train_step())
             self.step += 1
-            window.append(loss)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self.last_loss = float(np.mean(window))
+                self.last_loss = float(np.mean([w["loss"] for w in window]))
+                parts = {key: float(np.mean([w[key] for w in window])) for key in Metric.LOSS_PARTS if key in window[0]}
                 window.clear()
-                self.log_metrics({Metric.TRAIN_LOSS: self.last_loss}, self.step)
+                self.log_metrics({Metric.TRAIN_LOSS: self.last_loss,
+                                  **{Metric.LOSS_PARTS[key]: value for key, value in parts.items()}}, self.step)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.train_seconds += time.perf_counter() - timer
                 result = self.evaluate()
-                self.log_metrics({Metric.LAST_RETURN_DURING_TRAINING: result.last_return}, self.step)
+                self.log_metrics({Metric.LAST_RETURN_DURING_TRAINING: result.last_return,
+                                  Metric.FIRST_RETURN_DURING_TRAINING: result.first_return,
+                                  Metric.LAST_RETURN_SE_DURING_TRAINING: result.last_return_se}, self.step)
                 timer = time.perf_counter()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.train_seconds += time.perf_counter() - timer
