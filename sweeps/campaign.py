@@ -1,12 +1,15 @@
-"""The results campaign of ``docs/results.md`` (issue 13) as data: every sweep it runs, one seed per sweep, all into
-one store. Run it again after an interruption, in the same or a later sitting: a sweep whose parent run ended
+"""The results campaigns of ``docs/results.md`` as data: every sweep each runs, one seed per sweep, all into one
+store. Run a campaign again after an interruption, in the same or a later sitting: a sweep whose parent run ended
 FINISHED is skipped, an interrupted one is continued with ``--resume``, the rest start in order.
 
-    python sweeps/campaign.py [--storage sweep_results/campaign] [--results docs/results/campaign]
-                              [--only z_study grid_world ...] [--dry-run]
+    python sweeps/campaign.py [--campaign short-horizon] [--storage sweep_results/<campaign>]
+                              [--results docs/results/<campaign>] [--only grid_world ...] [--dry-run]
 
-Order: the z study's seeds first (they choose the ``cpu`` preset's z, which every later DM-H run uses), then the
-paper's experiments seed by seed, so that a partial campaign holds whole seeds of every figure. The MLflow store is
+Campaigns (``CAMPAIGNS``): ``short-horizon`` (the default: Fig. 2's short row, Fig. 4a and T-maze, every algorithm
+supervised on every step of its context and evaluated on the context shapes it trained on), ``z-study`` (the
+sub-goal z study that chose the ``cpu`` preset's z) and ``darkroom-c`` (Fig. 4b's c on Darkroom, c/H >= 0.25: outside
+the paper's claim, kept as what it is). Within a campaign, stages in ``first`` run to their last seed before the
+rest, which then go seed by seed, so that a partial campaign holds whole seeds of every figure. The MLflow store is
 ``<storage>/mlflow.db`` unless ``--tracking-uri`` says otherwise; each sweep's log is ``<storage>/<name>.log``.
 
 ``--results FOLDER`` keeps the campaign beyond its store: after every sweep, finished or interrupted, its experiment's
@@ -59,14 +62,29 @@ class Stage:
     figure: str  # what the paper shows with it (for --dry-run)
 
 
-STAGES = (
-    Stage("z_study", "z_study.py", ("--preset", "cpu"), 3, "the sub-goal z study, issue 13 part 2"),
-    Stage("grid_world", "grid_world.py", ("--preset", "cpu", *CPU), 5, "Fig. 2, short-horizon row"),
-    Stage("subgoal", "subgoal_ablation.py", ("--preset", "cpu", *CPU), 5, "Fig. 4a"),
-    Stage("c", "c_sensitivity.py", ("--preset", "cpu", *CPU), 5, "Fig. 4b"),
-    Stage("tmaze", "tmaze.py", ("--preset", "cpu", *TMAZE), 5, "Fig. 3"),
-)
-FIRST = ("z_study",)  # stages run to their last seed before the rest, which then go seed by seed
+Z_STUDY = Stage("z_study", "z_study.py", ("--preset", "cpu"), 3, "the sub-goal z study, issue 13 part 2")
+GRID_WORLD = Stage("grid_world", "grid_world.py", ("--preset", "cpu", *CPU), 5, "Fig. 2, short-horizon row")
+SUBGOAL = Stage("subgoal", "subgoal_ablation.py", ("--preset", "cpu", *CPU), 5, "Fig. 4a")
+DARKROOM_C = Stage("c", "c_sensitivity.py", ("--preset", "cpu", *CPU), 5, "Fig. 4b on Darkroom")
+TMAZE_STAGE = Stage("tmaze", "tmaze.py", ("--preset", "cpu", *TMAZE), 5, "Fig. 3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+    """A campaign: its stages, and those run to their last seed before the rest go seed by seed."""
+
+    stages: tuple[Stage, ...]
+    first: tuple[str, ...] = ()  # stage keys run to their last seed first
+
+
+CAMPAIGNS = {
+    "short-horizon": Campaign((GRID_WORLD, SUBGOAL, TMAZE_STAGE)),
+    "z-study": Campaign((Z_STUDY,), first=("z_study",)),
+    "darkroom-c": Campaign((DARKROOM_C,)),
+}
+DEFAULT_CAMPAIGN = "short-horizon"
+STAGES = CAMPAIGNS[DEFAULT_CAMPAIGN].stages
+FIRST = CAMPAIGNS[DEFAULT_CAMPAIGN].first
 MANIFEST = "campaign.json"  # in --results' data/: the sweeps that finished and whose runs that cache holds
 
 
@@ -219,17 +237,23 @@ def run_sweep(argv: list[str], out: IO[str]) -> int:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None, stages: tuple[Stage, ...] = STAGES) -> int:
+def main(argv: list[str] | None = None, stages: tuple[Stage, ...] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--storage", default="sweep_results/campaign", help="Tune state, logs and the default store")
+    parser.add_argument("--campaign", choices=tuple(CAMPAIGNS), default=DEFAULT_CAMPAIGN,
+                        help=f"which campaign (default {DEFAULT_CAMPAIGN})")
+    parser.add_argument("--storage", default=None,
+                        help="Tune state, logs and the default store (default sweep_results/<campaign>)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///<storage>/mlflow.db)")
     parser.add_argument("--results", type=Path, default=None, metavar="FOLDER",
                         help="keep every sweep's runs in this report folder's cache and list the finished ones, so "
                              "a later sitting skips them even with a new store (e.g. docs/results/campaign)")
     parser.add_argument("--only", nargs="+", default=None, metavar="STAGE",
-                        help=f"run only these stages, of {', '.join(s.key for s in stages)}")
+                        help="run only these stages of the campaign: "
+                             + "; ".join(f"{name}: {', '.join(s.key for s in c.stages)}" for name, c in CAMPAIGNS.items()))
     parser.add_argument("--dry-run", action="store_true", help="say what each sweep's state is, run nothing")
     args = parser.parse_args(argv)
+    chosen = CAMPAIGNS[args.campaign]
+    stages = chosen.stages if stages is None else stages
     if args.only is not None:
         unknown = sorted(set(args.only) - {s.key for s in stages})
         if unknown:
@@ -238,7 +262,8 @@ def main(argv: list[str] | None = None, stages: tuple[Stage, ...] = STAGES) -> i
             return EXIT_BAD_ARGUMENTS
         stages = tuple(s for s in stages if s.key in args.only)
     try:
-        return run(stages, args.storage, args.tracking_uri, args.dry_run, results=args.results)
+        return run(stages, args.storage or f"sweep_results/{args.campaign}", args.tracking_uri, args.dry_run,
+                   first=chosen.first, results=args.results)
     except DmhError as exc:
         print(f"campaign: error: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
