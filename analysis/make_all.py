@@ -35,8 +35,9 @@ from analysis.export import Export, export_runs, load_export, save_export
 from analysis.index import FINAL_VS_BEST, Entry, Section, html_index, markdown_index
 from analysis.paper import load_paper_numbers
 from analysis.stats import CONFIDENCE
+from dmh.boundary import EXIT_BAD_INPUT, Parser, parse
 from dmh.errors import DmhError
-from dmh.io import atomic_path, check_writable_output
+from dmh.io import atomic_path
 from dmh.vocabulary import GRID_WORLD
 
 
@@ -210,9 +211,9 @@ def sections(export: Export, view_cells: dict[str, pd.DataFrame], built: dict[st
               for name, spec in FIGURES.items())]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.make_all", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="dmh report", name="report", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or "
                         "./mlflow.db)")
     parser.add_argument("--experiments", nargs="+", default=None, help="experiments to read (default: all)")
@@ -220,18 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-cache", nargs="?", const=True, default=False, type=Path, metavar="FOLDER",
                         help="rebuild without MLflow from a report's cache: OUT/data, or FOLDER (a report folder "
                              "such as docs/results/campaign, or its data/ folder)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     from dmh.tracking import default_tracking_uri
 
     try:
-        check_writable_output(args.out / "index.md", overwrite=True)  # a report is rebuilt in place
+        args = parse(build_parser(), argv)  # --out a folder that can be written, --from-cache one that exists, …
         uri = args.tracking_uri or default_tracking_uri()
         if not args.from_cache:
             check_store(uri)
         index = build_report(args.out, uri, args.experiments, args.from_cache)
     except DmhError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(f"\nreport: {index} and {index.with_suffix('.html')} (tables in {args.out / 'tables'}, figures in "
           f"{args.out / 'figures'})")
     return 0

@@ -1,5 +1,7 @@
-"""The ``dmh`` command. Every subcommand validates its input before any work starts; bad input prints one line
-``dmh: error: …`` and exits with status 2, with no traceback and no file touched."""
+"""The ``dmh`` command. Every subcommand checks its input before any work starts (its options against
+``dmh.boundary.OPTIONS``, then what they name: files, the data, the checkpoint); bad input prints one line
+``dmh: error: …`` and exits with status 2, with no traceback and no file touched. SIGINT or SIGTERM stops any
+subcommand with one line saying what was kept, and exit status 128 + the signal's number."""
 
 from __future__ import annotations
 
@@ -10,12 +12,20 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from dmh.boundary import Parser, check_memory, interrupted_line, parse, signal_number, stop_on_sigterm
 from dmh.errors import DmhError
 
 log = logging.getLogger("dmh")
 
 
 # ----------------------------------------------------------------------------------------------------- dmh data …
+# Memory per environment step while data is generated, so that a size no machine holds is refused before the work
+# (rounded up: the generators' buffers and the dataset they return exist together for a moment).
+GRID_BYTES_PER_STEP = 48  # generate_histories: int16/int8/float32/bool buffers per slot, then float32/int64 arrays
+TMAZE_BYTES_PER_STEP = 48  # generate_tmaze: float32 observations, int64 actions, float32 rewards, flags
+D4RL_BYTES_PER_STEP = 512  # rollout_random_policy: float64 observations, next observations, actions, qpos, qvel
+
+
 def _cmd_data_grid(args: argparse.Namespace) -> None:
     from dmh.data.cache import cached_path, load_or_build
     from dmh.data.histories import (
@@ -33,6 +43,7 @@ def _cmd_data_grid(args: argparse.Namespace) -> None:
                               num_tasks=args.num_tasks) for name in names]
     for cfg in configs:
         check_history_config(cfg)
+    check_memory(GRID_BYTES_PER_STEP * args.steps, f"--steps {args.steps}")
     if args.out is not None:
         if len(configs) != 1:
             raise DmhError("--out names one file: use it with a single --env (or use --data-dir)")
@@ -46,6 +57,7 @@ def _cmd_data_grid(args: argparse.Namespace) -> None:
 
         path = args.out or cached_path(cfg.env, asdict(cfg), args.data_dir)
         dataset, built = load_or_build(path, build, rebuild=args.overwrite or args.out is not None)
+        args.kept.append(str(path))
         summary = summarize_learning(dataset)
         print(f"{summary.line()}   {'wrote' if built else 'cached'} {path}", flush=True)
 
@@ -58,6 +70,9 @@ def _cmd_data_tmaze(args: argparse.Namespace) -> None:
     cfg = TMazeDataConfig(memory_length=args.memory_length, active=args.active, histories=args.histories,
                           episodes_per_history=args.episodes_per_history, seed=args.seed)
     check_tmaze_config(cfg)
+    steps = args.histories * args.episodes_per_history * (args.memory_length + 1)  # every episode runs L + 1 steps
+    check_memory(TMAZE_BYTES_PER_STEP * steps, f"{args.histories} histories x {args.episodes_per_history} episodes "
+                 f"of a T-maze of length {args.memory_length}")
     if args.out is not None:
         check_writable_output(args.out, args.overwrite)
     path = args.out or cached_path(f"tmaze-{cfg.memory_length}", asdict(cfg), args.data_dir)
@@ -71,6 +86,8 @@ def _cmd_data_tmaze(args: argparse.Namespace) -> None:
 def _cmd_data_d4rl_sample(args: argparse.Namespace) -> None:
     from dmh.data.d4rl import write_d4rl_sample
 
+    check_memory(D4RL_BYTES_PER_STEP * args.episodes * args.max_episode_steps,
+                 f"{args.episodes} episodes of up to {args.max_episode_steps} steps")
     path = write_d4rl_sample(args.name, args.out, episodes=args.episodes, max_episode_steps=args.max_episode_steps,
                              seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {path} (D4RL HDF5 layout, {args.episodes} episodes of {args.name} rolled out in gymnasium MuJoCo)")
@@ -100,6 +117,7 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
 
     data = sub.add_parser("data", help="generate or inspect datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
+    data.set_defaults(doing="generating data", kept=[])  # kept: the files written so far (an interruption says so)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -139,16 +157,17 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("path", type=Path)
     show.add_argument("--name", default=None, help="the D4RL dataset a D4RL-layout file holds, e.g. hopper-medium-v2 "
                       "(default: what the file records, or its d4rl file name)")
-    show.set_defaults(func=_cmd_data_show)
+    show.set_defaults(func=_cmd_data_show, doing="reading a dataset")
 
 
 # -------------------------------------------------------------------------------------------- dmh train / evaluate
 def _cmd_train(args: argparse.Namespace) -> None:
     from dmh.tracking import check_store, default_tracking_uri
-    from dmh.training.config import make_config
+    from dmh.training.config import make_config, resolve
     from dmh.training.run import train_run
 
     cfg = make_config(args.algo, args.task, args.preset, seed=args.seed, config_file=args.config, sets=args.set)
+    args.checkpoint = resolve(cfg).checkpoint_path  # what an interruption keeps
     check_store(default_tracking_uri())  # the store the run will use, before data or a model is built
     result = train_run(cfg, resume=args.resume or args.resume_or_start, start_if_missing=args.resume_or_start)
     curve = " ".join(f"{r:.2f}" for r in result.evaluation.curve)
@@ -159,17 +178,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from dmh.tasks import resolve_task
     from dmh.tracking import check_store, default_tracking_uri
+    from dmh.training.checkpoint import load_checkpoint
+    from dmh.training.config import evaluation_counts
     from dmh.training.run import checkpoint_of_run, evaluate_checkpoint
 
-    if any(seed < 0 for seed in args.seeds or ()):
-        raise DmhError(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
     check_store(default_tracking_uri())  # where the checkpoint may come from and the result is logged
     path = Path(args.target)
     checkpoint = path if path.suffix == ".pt" or path.exists() else checkpoint_of_run(args.target)
+    task = load_checkpoint(checkpoint)["config"]["task"]  # its held-out tasks bound --tasks
+    evaluation_counts(resolve_task(task), args.tasks, args.episodes, names=("--tasks", "--episodes"))
     lasts = []
     for seed in args.seeds or [None]:
-        result = evaluate_checkpoint(checkpoint, episodes=args.episodes, n_tasks=args.tasks, seed=seed)
+        result = evaluate_checkpoint(checkpoint, episodes=args.episodes or 0, n_tasks=args.tasks or 0, seed=seed)
         lasts.append(result.last_return)
         curve = " ".join(f"{r:.2f}" for r in result.curve)
         which = "" if seed is None else f"seed {seed}: "
@@ -185,6 +207,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     from dmh.training.config import ALGOS, EVAL_SEED_OFFSET, PRESETS
 
     train = sub.add_parser("train", help="train a model on a task, tracked in MLflow")
+    train.set_defaults(doing="training", checkpoint=None)
     train.add_argument("--algo", required=True, choices=ALGOS)
     train.add_argument("--task", required=True, help="darkroom … large-key-to-door, tmaze-<L>, or a D4RL name")
     train.add_argument("--preset", default="cpu", choices=list(PRESETS))
@@ -201,12 +224,15 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
 
     evaluate = sub.add_parser("evaluate", help="online in-context evaluation of a checkpoint or an MLflow run id")
     evaluate.add_argument("target", help="checkpoint file (.pt) or MLflow run id")
-    evaluate.add_argument("--episodes", type=int, default=0, help="episodes per test task (default: the paper's)")
-    evaluate.add_argument("--tasks", type=int, default=0, help="number of test tasks (default: the run's)")
+    evaluate.add_argument("--episodes", type=int, default=None,
+                          help="episodes per test task (default: the run's, else the paper's)")
+    evaluate.add_argument("--tasks", type=int, default=None,
+                          help="test tasks, at most the task's held-out ones (default: the run's, else all)")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                           help="evaluation seeds, one evaluation each, not logged to the run (default: the run's own "
                                f"evaluation seed, its training seed + {EVAL_SEED_OFFSET}, logged back to the run)")
-    evaluate.set_defaults(func=_cmd_evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate, doing="evaluating",
+                          kept=["nothing logged (an evaluation is logged only once complete)"])
 
 
 def _cmd_report(argv: list[str]) -> int:
@@ -230,8 +256,8 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmh", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = Parser(prog="dmh", name="dmh", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and a traceback with an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_data_parser(sub)
     _add_train_parsers(sub)
@@ -239,22 +265,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(argv: list[str], args: argparse.Namespace | None) -> tuple[str, str]:
+    """What an interrupted command was doing, and what it kept."""
+    if argv[:1] == ["report"]:
+        return "building the report", "each file it wrote is complete; its index is written last, so rerun it"
+    if args is None:
+        return "starting", "nothing written"
+    if args.command == "train":
+        if args.checkpoint is not None and args.checkpoint.exists():
+            return "training", f"kept its last checkpoint {args.checkpoint}; the same command with --resume continues"
+        return "training", "no checkpoint was written yet"
+    return args.doing, "kept " + ", ".join(args.kept) if args.kept else "nothing written (a file appears only complete)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from dmh.tracking import RunInterrupted  # SIGINT or SIGTERM during a tracked run, which ends it KILLED
+
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv[:1] == ["report"]:  # analysis.make_all parses its own options
-            return _cmd_report(argv[1:])
-        args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                            format="%(asctime)s %(message)s", stream=sys.stderr)
-        return args.func(args) or 0
-    except DmhError as exc:
-        if argv[:1] in (["-v"], ["--verbose"]):  # where it was raised, for whoever debugs the check itself
-            traceback.print_exc()
-        print(f"dmh: error: {exc}", file=sys.stderr)
-        return 2
+    args = None
+    with stop_on_sigterm():
+        try:
+            if argv[:1] == ["report"]:  # analysis.make_all parses its own options
+                return _cmd_report(argv[1:])
+            args = parse(build_parser(), argv)
+            logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                                format="%(asctime)s %(message)s", stream=sys.stderr)
+            return args.func(args) or 0
+        except DmhError as exc:
+            if argv[:1] in (["-v"], ["--verbose"]):  # where it was raised, for whoever debugs the check itself
+                traceback.print_exc()
+            print(f"dmh: error: {exc}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, RunInterrupted) as exc:
+            if argv[:1] in (["-v"], ["--verbose"]):
+                traceback.print_exc()
+            print(interrupted_line("dmh", exc, *_interrupted(argv, args)), file=sys.stderr)
+            return 128 + signal_number(exc)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -18,9 +18,12 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from dmh.boundary import check_memory
+from dmh.data.histories import history_config
+from dmh.data.tmaze import TMazeDataConfig
 from dmh.errors import DmhError
-from dmh.models import ALGORITHMS, config_class
-from dmh.tasks import TaskSpec, resolve_task
+from dmh.models import ALGORITHMS, algorithm, config_class
+from dmh.tasks import TaskSpec, resolve_task, test_tasks
 from dmh.vocabulary import RUNTIME_FIELDS
 
 ALGOS = tuple(ALGORITHMS)
@@ -331,9 +334,60 @@ def validate(cfg: TrainConfig) -> Resolved:
     for name, value in cfg.model.items():
         check_value(f"model.{name}", value, model_hints[name], MODEL_FIELD_BOUNDS.get(name))
     return setup
+    check_against_data(setup, planned_episodes_per_history(setup))
 
 
 def to_yaml(cfg: TrainConfig) -> str:
+# ------------------------------------------------------------------------------------ settings against the data
+def planned_episodes_per_history(setup: Resolved) -> int | None:
+    """Episodes per learning history of the data a run will generate (Grid World, T-maze), known from its settings
+    before any is generated; None for data read from a file (D4RL, ``dataset_path``), known once loaded."""
+    cfg, spec = setup.cfg, setup.spec
+    if cfg.dataset_path is not None or spec.kind == "d4rl":
+        return None
+    if spec.kind == "tmaze":
+        return TMazeDataConfig(memory_length=spec.memory_length, seed=cfg.data_seed).episodes_per_history
+    data = history_config(spec.name, steps=cfg.data_steps, seed=cfg.data_seed)
+    return data.steps // (data.num_tasks * data.histories_per_task * spec.horizon)  # as generate_histories splits it
+
+
+def check_against_data(setup: Resolved, episodes_per_history: int | None) -> None:
+    """The context fits the data it is drawn from, and an evaluation has something to play: before any data is
+    generated where the data's shape follows from the settings (:func:`validate`), and once loaded otherwise
+    (``Trainer``). A context longer than a history would repeat its last episode over and over, and train on
+    until killed."""
+    cfg, spec = setup.cfg, setup.spec
+    if algorithm(cfg.algo).context != "episode" and episodes_per_history is not None \
+            and setup.n_context > episodes_per_history:
+        source = f"with data_steps={cfg.data_steps}" if spec.kind == "grid" else "in its data"
+        raise DmhError(f"n_context={setup.n_context} is more episodes than a learning history of {spec.name} holds "
+                       f"({episodes_per_history} {source}): lower n_context"
+                       + (" or raise data_steps" if spec.kind == "grid" else ""))
+    if algorithm(cfg.algo).context == "episode" and cfg.dt_context_len > spec.horizon:
+        raise DmhError(f"dt_context_len={cfg.dt_context_len} is longer than an episode of {spec.name} "
+                       f"({spec.horizon} steps)")
+    evaluation_counts(spec, cfg.eval_tasks, cfg.eval_episodes)
+
+
+def held_out_tasks(spec: TaskSpec) -> int | None:
+    """How many held-out test tasks the task has (Grid World's fixed list); None where any number can be drawn
+    (T-maze goal sides, D4RL starts)."""
+    return len(test_tasks(spec)) if spec.kind == "grid" else None
+
+
+def evaluation_counts(spec: TaskSpec, tasks: int, episodes: int, names: tuple[str, str] = ("eval_tasks",
+                      "eval_episodes")) -> tuple[int, int]:
+    """An evaluation's test tasks and episodes per task (never 0: 0 or None is the task's own, all its held-out
+    tasks and the paper's m): no more tasks than are held out, and the returns ``[tasks, episodes]`` within this
+    machine's memory. ``names`` are how messages name the two (settings, or ``dmh evaluate``'s options)."""
+    held_out = held_out_tasks(spec)
+    tasks, episodes = tasks or len(test_tasks(spec)), episodes or spec.eval_episodes
+    if held_out is not None and tasks > held_out:
+        raise DmhError(f"{names[0]}={tasks}: {spec.name} has {held_out} held-out test tasks")
+    check_memory(8.0 * tasks * episodes, f"an evaluation of {tasks} tasks x {episodes} episodes")
+    return tasks, episodes
+
+
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 

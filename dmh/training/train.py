@@ -31,7 +31,7 @@ from dmh.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from dmh.training.config import Resolved, TrainConfig, torch_device, validate
+from dmh.training.config import Resolved, TrainConfig, check_against_data, torch_device, validate
 from dmh.training.contexts import ContextSampler, ContextSpec, to_device
 from dmh.vocabulary import Metric
 
@@ -124,6 +124,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path,
                                  Path(cfg.data_dir) if cfg.data_dir else None)
+        # data read from a file (D4RL, dataset_path): its histories are known only now, before a model is built
+        check_against_data(self.setup, self.data.num_episodes // self.data.counts()["histories"])
         self.obs_mean, self.obs_std = observation_stats(self.data)
         self.model_cfg = model_config(self.setup)
         self.sampler = ContextSampler(self.data, context_spec(self.setup, self.data, self.model_cfg), self.obs_mean,
