@@ -333,11 +333,10 @@ def validate(cfg: TrainConfig) -> Resolved:
     model_hints = typing.get_type_hints(model_cls)
     for name, value in cfg.model.items():
         check_value(f"model.{name}", value, model_hints[name], MODEL_FIELD_BOUNDS.get(name))
-    return setup
     check_against_data(setup, planned_episodes_per_history(setup))
+    return setup
 
 
-def to_yaml(cfg: TrainConfig) -> str:
 # ------------------------------------------------------------------------------------ settings against the data
 def planned_episodes_per_history(setup: Resolved) -> int | None:
     """Episodes per learning history of the data a run will generate (Grid World, T-maze), known from its settings
@@ -388,6 +387,7 @@ def evaluation_counts(spec: TaskSpec, tasks: int, episodes: int, names: tuple[st
     return tasks, episodes
 
 
+def to_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
