@@ -16,7 +16,7 @@ import argparse
 import math
 import sys
 
-from dmh.sweep import Sweep, Trial, main, positive_values, product
+from dmh.sweep import Sweep, Trial, main, product
 from dmh.vocabulary import PAPER_C
 
 TASKS = {
@@ -35,8 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def grid(args: argparse.Namespace) -> list[Trial]:
-    values = positive_values("--c", args.c if args.c is not None else C_VALUES[args.preset],
-                             "every c must be a positive integer (steps per sub-goal)")
+    values = args.c if args.c is not None else C_VALUES[args.preset]
     steps = DECODED_STEPS.get(args.preset)
     cells = [{"c": c, **({"model.train_blocks": math.ceil(steps / c)} if steps else {})} for c in values]
     return product(["dmh"], TASKS[args.preset], args.seeds, cells)

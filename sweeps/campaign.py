@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO
 
+from dmh.boundary import Parser, parse, stop_on_sigterm
 from dmh.errors import DmhError
 from dmh.io import atomic_path, check_writable_dir
 from dmh.sweep import EXIT_BAD_ARGUMENTS, EXIT_INCOMPLETE
@@ -237,8 +238,8 @@ def run_sweep(argv: list[str], out: IO[str]) -> int:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None, stages: tuple[Stage, ...] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python sweeps/campaign.py", name="campaign", description=__doc__.split("\n\n")[0])
     parser.add_argument("--campaign", choices=tuple(CAMPAIGNS), default=DEFAULT_CAMPAIGN,
                         help=f"which campaign (default {DEFAULT_CAMPAIGN})")
     parser.add_argument("--storage", default=None,
@@ -248,28 +249,32 @@ def main(argv: list[str] | None = None, stages: tuple[Stage, ...] | None = None)
                         help="keep every sweep's runs in this report folder's cache and list the finished ones, so "
                              "a later sitting skips them even with a new store (e.g. docs/results/campaign)")
     parser.add_argument("--only", nargs="+", default=None, metavar="STAGE",
-                        help="run only these stages of the campaign: "
-                             + "; ".join(f"{name}: {', '.join(s.key for s in c.stages)}" for name, c in CAMPAIGNS.items()))
+                        help="run only these stages of the campaign: " + "; ".join(
+                            f"{name}: {', '.join(s.key for s in c.stages)}" for name, c in CAMPAIGNS.items()))
     parser.add_argument("--dry-run", action="store_true", help="say what each sweep's state is, run nothing")
-    args = parser.parse_args(argv)
-    chosen = CAMPAIGNS[args.campaign]
-    stages = chosen.stages if stages is None else stages
-    if args.only is not None:
-        unknown = sorted(set(args.only) - {s.key for s in stages})
-        if unknown:
-            print(f"campaign: error: --only: unknown stage(s) {', '.join(unknown)}; valid: "
-                  f"{', '.join(s.key for s in stages)}", file=sys.stderr)
+    return parser
+
+
+def main(argv: list[str] | None = None, stages: tuple[Stage, ...] | None = None) -> int:
+    with stop_on_sigterm():
+        try:
+            args = parse(build_parser(), argv)
+            chosen = CAMPAIGNS[args.campaign]
+            stages = chosen.stages if stages is None else stages
+            if args.only is not None:
+                unknown = sorted(set(args.only) - {s.key for s in stages})
+                if unknown:
+                    raise DmhError(f"--only: unknown stage(s) {', '.join(unknown)}; valid: "
+                                   f"{', '.join(s.key for s in stages)}")
+                stages = tuple(s for s in stages if s.key in args.only)
+            return run(stages, args.storage or f"sweep_results/{args.campaign}", args.tracking_uri, args.dry_run,
+                       first=chosen.first, results=args.results)
+        except DmhError as exc:
+            print(f"campaign: error: {exc}", file=sys.stderr)
             return EXIT_BAD_ARGUMENTS
-        stages = tuple(s for s in stages if s.key in args.only)
-    try:
-        return run(stages, args.storage or f"sweep_results/{args.campaign}", args.tracking_uri, args.dry_run,
-                   first=chosen.first, results=args.results)
-    except DmhError as exc:
-        print(f"campaign: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_ARGUMENTS
-    except KeyboardInterrupt:
-        print("campaign: interrupted between sweeps; run it again to continue", file=sys.stderr)
-        return EXIT_INCOMPLETE
+        except KeyboardInterrupt:
+            print("campaign: interrupted between sweeps; run it again to continue", file=sys.stderr)
+            return EXIT_INCOMPLETE
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dmh.sweep import Sweep, Trial, main, positive_values, product
+from dmh.sweep import Sweep, Trial, main, product
 from dmh.vocabulary import TMAZE_PREFIX
 
 ALGOS = ("dmh", "dm", "dt")
@@ -26,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def grid(args: argparse.Namespace) -> list[Trial]:
-    lengths = positive_values("--lengths", args.lengths if args.lengths is not None else LENGTHS[args.preset],
-                              "memory lengths must be positive")
+    lengths = args.lengths if args.lengths is not None else LENGTHS[args.preset]
     return product(ALGOS, [f"{TMAZE_PREFIX}{n}" for n in lengths], args.seeds)
 
 

@@ -17,14 +17,14 @@ import argparse
 import sys
 from typing import Any
 
-from dmh.errors import DmhError
-from dmh.sweep import EXIT_BAD_ARGUMENTS, Plan, Sweep, SweepError, Trial, build_parser, run, short_trial_dirname
-from dmh.sweep.plan import plan
+from dmh.sweep import Plan, Sweep, Trial, run, short_trial_dirname
+from dmh.sweep import main as sweep_main
 from dmh.tasks import resolve_task
 from dmh.training.config import ALGOS
 from dmh.vocabulary import PAPER_C, Metric
 
 METRICS = {Metric.TRAIN_LOSS: "min", Metric.LAST_RETURN: "max"}
+NUM_SAMPLES = {"smoke": 3, "cpu": 8, "paper": 50}  # trials per search without --num-samples
 # The search space per preset: sizes a preset's machine can afford around its defaults.
 SPACE = {
     "smoke": dict(batch_size=[2, 4], d_model=[8, 16], lr=(1e-4, 1e-2)),
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", required=True, choices=ALGOS)
     parser.add_argument("--task", required=True, help="darkroom … large-key-to-door, tmaze-<L> or a D4RL name")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every trial")
-    parser.add_argument("--num-samples", type=int, default=None, help="trials (default: smoke 3, cpu 8, paper 50)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help=f"trials (default: {', '.join(f'{k} {v}' for k, v in NUM_SAMPLES.items())})")
     parser.add_argument("--metric", default=Metric.TRAIN_LOSS, choices=list(METRICS),
                         help="what Optuna optimises and ASHA compares at each checkpoint")
 
@@ -49,7 +50,8 @@ def base_trial(args: argparse.Namespace) -> list[Trial]:
 
 SWEEP = Sweep(name="tune", description=__doc__.splitlines()[0], grid=base_trial, add_arguments=add_arguments,
               # cpu: ASHA rungs at 100, 200 and 400 updates; eight samples fit in 15 minutes on 2 CPUs
-              preset_sets={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}})
+              preset_sets={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}},
+              default_name=lambda args: f"tune_{args.algo}_{args.task}_{args.preset}")  # one folder per search
 
 
 def search_space(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
@@ -82,26 +84,20 @@ def tune_config(args: argparse.Namespace, checked: Plan) -> Any:
         # max_t one past the last update: at max_t ASHA stops a trial, which would cut off its final evaluation
         scheduler=ASHAScheduler(time_attr="step", metric=args.metric, mode=mode, max_t=base["steps"] + 1,
                                 grace_period=min(base["checkpoint_every"], base["steps"]), reduction_factor=2),
-        num_samples=args.num_samples, max_concurrent_trials=checked.max_concurrent or None,
+        num_samples=args.num_samples or NUM_SAMPLES[args.preset], max_concurrent_trials=checked.max_concurrent or None,
         trial_dirname_creator=short_trial_dirname,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser(SWEEP).parse_args(argv)
-    args.name = args.name or f"tune_{args.algo}_{args.task}_{args.preset}"  # one folder per search
-    if args.num_samples is None:
-        args.num_samples = {"smoke": 3, "cpu": 8, "paper": 50}[args.preset]
-    try:
-        if args.num_samples <= 0:
-            raise SweepError(f"--num-samples must be positive, got {args.num_samples}")
-        checked = plan(SWEEP, args)
-    except DmhError as exc:
-        print(f"tune: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_ARGUMENTS
+def search(checked: Plan, args: argparse.Namespace) -> int:
+    """Run the planned search (a restored one as Tune saved it)."""
     if checked.resume:
         return run(checked)
     return run(checked, search_space(args, checked.trials[0]), tune_config(args, checked))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return sweep_main(SWEEP, argv, run_sweep=search)
 
 
 if __name__ == "__main__":

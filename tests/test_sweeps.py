@@ -413,19 +413,15 @@ def test_the_z_study_grid_crosses_draw_and_size_and_drops_sub_goals_at_the_large
     assert {(z, d) for z, d, on in cells if not on} == {("step", 32), ("block", 32), ("mean", 32)}
 
 
-def test_a_sweep_whose_trials_reserve_gpus_says_so_when_the_cluster_has_none(monkeypatch, capsys):
-    from types import SimpleNamespace
+def test_a_sweep_whose_trials_reserve_gpus_says_what_they_wait_for_on_an_autoscaling_cluster_without_any():
+    from dmh.sweep.ray_session import Cluster, check_resources
 
-    from dmh.sweep import tuner
-
-    plan = SimpleNamespace(sweep=SimpleNamespace(name="grid_world"), resources={"cpu": 1.0, "gpu": 1.0})
-    monkeypatch.setattr(tuner.ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(tuner.ray, "cluster_resources", lambda: {"CPU": 4.0})
-    tuner.warn_if_no_gpus(plan)
-    assert "every trial reserves 1 GPU but the Ray cluster has none" in capsys.readouterr().err
-    monkeypatch.setattr(tuner.ray, "cluster_resources", lambda: {"CPU": 4.0, "GPU": 8.0})
-    tuner.warn_if_no_gpus(plan)
-    assert capsys.readouterr().err == ""
+    cpus_only = Cluster(nodes=({"CPU": 4.0, "memory": 2.0**34},), autoscaling=True, where="at 10.0.0.1:6379")
+    waiting = check_resources({"cpu": 1.0, "gpu": 1.0}, cpus_only)
+    assert "every trial asks for 1 CPU and 1 GPU, which no node of the Ray cluster at 10.0.0.1:6379 has yet" in waiting
+    assert "the trials wait for the autoscaler to add such a node" in waiting
+    with_gpus = Cluster(nodes=({"CPU": 4.0, "GPU": 8.0},), autoscaling=True, where="at 10.0.0.1:6379")
+    assert check_resources({"cpu": 1.0, "gpu": 1.0}, with_gpus) is None
 
 
 @pytest.mark.parametrize(("argv", "message"), [

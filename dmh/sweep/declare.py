@@ -38,6 +38,8 @@ class Sweep:
     grid: Callable[[argparse.Namespace], list[Trial]]  # (parsed args: preset, seeds, script options) → cells
     preset_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset → dmh settings for every trial
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # script-specific options
+    default_name: Callable[[argparse.Namespace], str] | None = None  # the Tune run name without --name (None:
+    # <name>_<preset>)
     oom_is_result: bool = False  # Tmaze: running out of memory is a recorded outcome (paper Fig. 3), not an error
 
 
@@ -48,12 +50,3 @@ def product(algos: Iterable[str], tasks: Iterable[str], seeds: int | Iterable[in
     seeds = range(seeds) if isinstance(seeds, int) else seeds
     return [Trial(algo, task, seed, dict(sets)) for seed in seeds for sets in values for task in tasks
             for algo in algos]
-
-
-def positive_values(option: str, values: Iterable[int], what: str) -> list[int]:
-    """The swept values of ``option``, or a ``SweepError`` naming the non-positive ones."""
-    values = list(values)
-    bad = [v for v in values if v <= 0]
-    if bad:
-        raise SweepError(f"{option}: {what}, got {bad}")
-    return values

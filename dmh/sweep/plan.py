@@ -7,13 +7,14 @@ import argparse
 import dataclasses
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 
+from dmh.boundary import MAX_SWEEP_SEEDS, SEED, Parser, check_writable, parse
 from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 from dmh.errors import DmhError
 from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, PRESETS, Sweep, SweepError
@@ -26,17 +27,19 @@ RUN_DIR = "dmh-runs"  # relative on purpose: Tune runs each trial in its own wor
 
 def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
     """The options every sweep script shares, then the script's own (``Sweep.add_arguments``)."""
-    parser = argparse.ArgumentParser(prog=f"python sweeps/{sweep.name}.py", description=sweep.description)
+    parser = Parser(prog=f"python sweeps/{sweep.name}.py", name=sweep.name, description=sweep.description)
     parser.add_argument("--preset", default="cpu", choices=PRESETS,
                         help="smoke: seconds, for tests; cpu: minutes on a laptop; paper: the paper's grid (GPUs)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: smoke/cpu 1, paper 10)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help=f"seeds per cell, at most {MAX_SWEEP_SEEDS} (default: smoke/cpu 1, paper 10)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="the first seed: cells run seeds FIRST … FIRST + N - 1 (a campaign can add seeds later)")
     parser.add_argument("--resume", action="store_true",
                         help="restore the interrupted sweep in --storage and run only its unfinished or errored trials")
     parser.add_argument("--storage", default="sweep_results",
                         help="Tune storage: a local folder (default ./sweep_results), NFS path or s3://bucket/path")
-    parser.add_argument("--name", default=None, help="Tune run name under --storage (default <sweep>_<preset>)")
+    parser.add_argument("--name", default=None,
+                        help="Tune run name, a plain name: the sweep's folder in --storage (default <sweep>_<preset>)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store every trial writes to (default $MLFLOW_TRACKING_URI or ./mlflow.db); on a "
@@ -44,10 +47,14 @@ def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to join; default $RAY_ADDRESS, else a running cluster on this machine, else "
                              "Ray in-process on 127.0.0.1; 'local' always starts Ray in-process")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (also torch threads)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0,
+                        help="CPUs per trial (also torch threads); at most what a node of the Ray cluster has")
     parser.add_argument("--gpus-per-trial", type=float, default=None,
                         help="GPUs per trial; fractions share a GPU (default: 1 with --preset paper unless every trial "
                              "is set to device=cpu, else 0; a trial without a GPU sees none and trains on the CPU)")
+    parser.add_argument("--memory-per-trial", type=float, default=0.0, metavar="GIB",
+                        help="memory reserved per trial in GiB, so that Ray runs no more trials at once on a node than "
+                             "its memory holds (default 0: none reserved)")
     parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as resources allow)")
     parser.add_argument("--max-failures", type=int, default=3,
                         help="retries of a failed trial, each from its last checkpoint")
@@ -74,7 +81,7 @@ class Plan:
     storage: str  # absolute local path or a URI
     name: str  # Tune run name: the sweep's folder under storage
     resume: bool
-    resources: dict[str, float]
+    resources: dict[str, float]  # per trial, as tune.with_resources takes them: cpu, gpu, memory (bytes) if asked
     max_concurrent: int
     max_failures: int
     ray_address: str | None
@@ -87,28 +94,34 @@ class Plan:
         return f"{self.storage.rstrip('/')}/{self.name}"
 
 
+def parse_args(sweep: Sweep, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The sweep's command line, every option checked against ``dmh.boundary.OPTIONS`` (a ``SweepError``, or
+    argparse's one line and exit 2)."""
+    try:
+        return parse(build_parser(sweep), argv)
+    except DmhError as exc:
+        raise SweepError(str(exc)) from None
+
+
 def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
     """Every check that can fail, before Ray starts; each cell's config is built and validated here, once."""
+    # Each option alone was checked against dmh.boundary.OPTIONS when parsed (parse_args); here what they say
+    # together, and what they name.
     if args.seeds is None:
         args.seeds = DEFAULT_SEEDS[args.preset]
-    if args.seeds <= 0:
-        raise SweepError(f"--seeds must be a positive integer, got {args.seeds}")
-    if args.first_seed < 0:
-        raise SweepError(f"--first-seed must be a non-negative integer, got {args.first_seed}")
-    if args.cpus_per_trial <= 0:
-        raise SweepError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
+    if args.first_seed + args.seeds > SEED.high:
+        raise SweepError(f"--first-seed {args.first_seed} + --seeds {args.seeds}: seeds must stay below "
+                         f"{SEED.high_words}")
     gpus = DEFAULT_GPUS[args.preset] if args.gpus_per_trial is None else args.gpus_per_trial
-    if gpus < 0:
-        raise SweepError(f"--gpus-per-trial must be non-negative, got {gpus}")
-    if args.max_failures < 0 or args.max_concurrent < 0:
-        raise SweepError("--max-failures and --max-concurrent must be non-negative")
     experiment = args.experiment or sweep.name
     tracking_uri = args.tracking_uri or default_tracking_uri()
     check_store(tracking_uri)  # from the driver: a store down now would otherwise fail every trial, after Ray starts
     storage = check_storage(args.storage)
-    name = args.name or f"{sweep.name}_{args.preset}"
-    shared = dict(sweep=sweep, storage=storage, name=name, resume=args.resume,
-                  resources={"cpu": args.cpus_per_trial, "gpu": gpus},
+    name = args.name or (sweep.default_name(args) if sweep.default_name else f"{sweep.name}_{args.preset}")
+    resources = {"cpu": args.cpus_per_trial, "gpu": gpus}
+    if args.memory_per_trial:
+        resources["memory"] = args.memory_per_trial * 2**30  # Ray counts memory in bytes
+    shared = dict(sweep=sweep, storage=storage, name=name, resume=args.resume, resources=resources,
                   max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                   ray_address=args.ray_address, experiment=experiment, tracking_uri=tracking_uri)
     path = f"{storage.rstrip('/')}/{name}"
@@ -122,9 +135,10 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         raise SweepError(f"the {args.preset} grid of {sweep.name} is empty: nothing to run")
     # Later entries win: the cell's swept values over the preset's, --set over both, and what only the driver can
     # know (threads from the reserved CPUs, one data cache for every trial, the experiment) over everything.
-    fixed = {"threads": max(1, int(args.cpus_per_trial)),
-             "data_dir": str(Path(args.data_dir or os.environ.get("DMH_DATA_DIR") or "data").resolve()),
-             "run_dir": RUN_DIR, "experiment": experiment}
+    data_dir = Path(args.data_dir or os.environ.get("DMH_DATA_DIR") or "data").resolve()
+    check_writable("--data-dir", data_dir)  # every trial may write the data cache there, after Ray starts
+    fixed = {"threads": max(1, int(args.cpus_per_trial)), "data_dir": str(data_dir), "run_dir": RUN_DIR,
+             "experiment": experiment}
     extra = parse_sets(args.set)
     d4rl_dir = args.d4rl_dir or os.environ.get("D4RL_DATASET_DIR")
     env = {"D4RL_DATASET_DIR": str(Path(d4rl_dir).expanduser().resolve())} if d4rl_dir else {}
@@ -138,7 +152,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         configs.append(cfg)
     check_d4rl_data({cfg.task for cfg in configs if cfg.dataset_path is None}, env.get("D4RL_DATASET_DIR"))
     if args.gpus_per_trial is None and all(cfg.device == "cpu" for cfg in configs):
-        shared["resources"] = {"cpu": args.cpus_per_trial, "gpu": 0.0}  # trials pinned to the CPU need no GPU
+        resources["gpu"] = 0.0  # trials pinned to the CPU need no GPU
     if sweep_exists(path):
         raise SweepError(f"a sweep already exists at {path}: pass --resume to continue it, or choose another --name "
                          "or --storage")

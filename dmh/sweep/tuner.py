@@ -3,20 +3,23 @@ groups the sweep's trials in MLflow, and the exit status. :func:`main` is every 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
 
+from dmh.boundary import interrupted_line
 from dmh.errors import DmhError
 from dmh.sweep.bookkeeping import close_unfinished_runs, end_parent_run, open_parent_run
-from dmh.sweep.declare import Sweep
-from dmh.sweep.plan import Plan, build_parser, plan
-from dmh.sweep.ray_session import connect_ray
+from dmh.sweep.declare import Sweep, SweepError
+from dmh.sweep.plan import Plan, parse_args, plan
+from dmh.sweep.ray_session import check_resources, connect_ray, describe_cluster
 
 EXIT_BAD_ARGUMENTS = 2  # nothing started (as argparse exits for an unknown option)
 EXIT_INCOMPLETE = 3  # the sweep stopped before every trial finished (interrupted, or trials errored too often)
@@ -54,22 +57,27 @@ def short_trial_dirname(trial: Any) -> str:
 
 
 def run(plan: Plan, param_space: dict[str, Any] | None = None, tune_config: Any = None,
-        connect: Callable[[str | None], bool] = connect_ray) -> int:
-    """Open the sweep's parent run, start or join Ray (``connect``), run the sweep, close any run it left RUNNING,
-    and say how it ended. The parent run ends FINISHED only if every trial finished."""
+        connect: Callable[[str | None], bool] | None = None) -> int:
+    """Start or join Ray (``connect``, default :func:`connect_ray`), check that its nodes can hold a trial, open the
+    sweep's parent run, run the sweep, close any run it left RUNNING, and say how it ended. The parent run ends
+    FINISHED only if every trial finished."""
+    started = (connect or connect_ray)(plan.ray_address)
+    try:
+        waiting = check_resources(plan.resources, describe_cluster(started))
+    except SweepError:
+        if started:
+            ray.shutdown()
+        raise
+    if waiting:
+        print(f"{plan.sweep.name}: {waiting}", file=sys.stderr, flush=True)
     parent_run_id = open_parent_run(plan)
     finished = False
     try:
-        started = connect(plan.ray_address)
-        warn_if_no_gpus(plan)
-        previous_sigterm = forward_sigterm_as_sigint()
         try:
             started_at = time.perf_counter()
             results = build_tuner(plan, parent_run_id, param_space, tune_config).fit()
             elapsed = time.perf_counter() - started_at
         finally:
-            if previous_sigterm is not None:
-                signal.signal(signal.SIGTERM, previous_sigterm)
             if started:
                 ray.shutdown()
         done = sum(1 for r in results if r.error is None and r.metrics.get("done", False))
@@ -87,29 +95,38 @@ def run(plan: Plan, param_space: dict[str, Any] | None = None, tune_config: Any 
     return 0
 
 
-def warn_if_no_gpus(plan: Plan) -> None:
-    """Trials that reserve GPUs wait until the cluster has them: where it has none (yet: an autoscaler may add GPU
-    nodes), say so instead of waiting in silence."""
-    if plan.resources.get("gpu") and ray.is_initialized() and not ray.cluster_resources().get("GPU"):
-        print(f"{plan.sweep.name}: every trial reserves {plan.resources['gpu']:g} GPU but the Ray cluster has none "
-              "(yet): trials wait for GPU nodes; pass --gpus-per-trial 0 to train on CPUs", file=sys.stderr)
-
-
-def forward_sigterm_as_sigint() -> Any:
-    """Cluster schedulers stop jobs with SIGTERM; Tune saves its state and stops gracefully only on SIGINT.
-    Returns the previous handler, or None where handlers cannot be installed (a sweep run in a thread)."""
+@contextlib.contextmanager
+def sweep_signals() -> Iterator[None]:
+    """Cluster schedulers stop jobs with SIGTERM; Tune saves its state and stops gracefully only on SIGINT, so
+    SIGTERM is passed on as SIGINT (before Tune runs, SIGINT is a ``KeyboardInterrupt``, which :func:`main` turns
+    into one line). Nothing is installed where handlers cannot be (a sweep run in a thread)."""
     try:
-        return signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(),
+                                                                                                 signal.SIGINT)),
+                    signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     except ValueError:
-        return None
-
-
-def main(sweep: Sweep, argv: list[str] | None = None, connect: Callable[[str | None], bool] = connect_ray) -> int:
-    """The command line of every sweep script: parse, validate (before Ray), run."""
-    args = build_parser(sweep).parse_args(argv)
+        previous = {}
     try:
-        checked = plan(sweep, args)
-    except DmhError as exc:
-        print(f"{sweep.name}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_ARGUMENTS
-    return run(checked, connect=connect)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(sweep: Sweep, argv: list[str] | None = None, connect: Callable[[str | None], bool] | None = None,
+         run_sweep: Callable[[Plan, argparse.Namespace], int] | None = None) -> int:
+    """The command line of every sweep script: parse and check every option (dmh.boundary), plan (every check
+    before Ray), then start or join Ray and run (``run_sweep(plan, args)``, default :func:`run`). Bad input is one
+    line and exit 2; an interruption before Tune runs is one line too (Tune's own, after, says what it kept)."""
+    with sweep_signals():
+        try:
+            args = parse_args(sweep, argv)
+            checked = plan(sweep, args)
+            return run_sweep(checked, args) if run_sweep else run(checked, connect=connect)
+        except DmhError as exc:
+            print(f"{sweep.name}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_ARGUMENTS
+        except KeyboardInterrupt as exc:
+            print(interrupted_line(sweep.name, exc, "the sweep", "no trial had started: nothing to resume, run the "
+                                   "same command again"), file=sys.stderr)
+            return EXIT_INCOMPLETE
