@@ -14,7 +14,10 @@ the mean difference over seeds (:func:`analysis.stats.t_interval`):
 - **no runs**: a side has no completed run here.
 
 Final evaluations decide (the paper's protocol); the best evaluation during training, where the view has one, is
-shown beside them with its own interval and does not decide.
+shown beside them with its own interval and does not decide. Every verdict carries its budget (the gradient updates
+of the runs compared) and, for each side, how many of its runs had converged by the plateau rule
+(:mod:`analysis.convergence`): a side that was still learning when training stopped makes a "not reproduced" a
+statement about that budget only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from analysis import convergence
 from analysis.compare import VIEWS, has_best, memory_length, run_points
 from analysis.export import Export
 from analysis.stats import CONFIDENCE, t_interval
@@ -94,7 +98,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("fig5", "DM-H trains offline faster than DM", Side("dmh"), Side("dm"), lower_is_better=True),
 )
 COLUMNS = ["view", "claim", "task", "better", "worse", "n", "better_mean", "worse_mean", "difference", "low", "high",
-           "verdict", "best_difference", "best_low", "best_high", "paper_better", "paper_worse"]
+           "verdict", "best_difference", "best_low", "best_high", "paper_better", "paper_worse", "updates",
+           "better_converged", "worse_converged"]
 
 
 def at(rows: pd.DataFrame, side: Side, last_of: str | None) -> pd.DataFrame:
@@ -107,10 +112,20 @@ def at(rows: pd.DataFrame, side: Side, last_of: str | None) -> pd.DataFrame:
     return rows[rows["x"].isin(side.x)] if side.x else rows
 
 
+def side_rows(points: pd.DataFrame, side: Side) -> pd.DataFrame:
+    """The completed runs' points of a side."""
+    return at(points[(points["algo"] == side.algo) & (points["outcome"] == Outcome.COMPLETED)], side, "run_id")
+
+
 def per_seed(points: pd.DataFrame, side: Side, column: str) -> pd.Series:
     """Seed → the side's ``column`` (value or best) averaged over its x values, completed runs only."""
-    rows = at(points[(points["algo"] == side.algo) & (points["outcome"] == Outcome.COMPLETED)], side, "run_id")
-    return rows.dropna(subset=[column]).groupby("seed")[column].mean()
+    return side_rows(points, side).dropna(subset=[column]).groupby("seed")[column].mean()
+
+
+def budget(run_ids: set[str], runs: pd.DataFrame) -> str:
+    """The gradient updates of the compared runs: ``3000``, or ``1000, 3000`` where they differ; ``—`` without runs."""
+    steps = sorted(runs.loc[runs["run_id"].isin(run_ids), "steps"].dropna().astype(int).unique())
+    return ", ".join(str(s) for s in steps) or "—"
 
 
 def differences(better: pd.Series, worse: pd.Series | float, lower_is_better: bool) -> np.ndarray:
@@ -139,9 +154,14 @@ def paper_value(cells: pd.DataFrame, task: str, side: Side) -> float:
     return float(rows["paper"].mean()) if len(rows) else math.nan
 
 
-def judge(claim: Claim, task: str, points: pd.DataFrame, cells: pd.DataFrame) -> dict[str, object]:
-    """One row of COLUMNS: the claim on one task."""
+def judge(claim: Claim, task: str, points: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame | None = None,
+          converged: dict[str, bool | None] | None = None) -> dict[str, object]:
+    """One row of COLUMNS: the claim on one task (``runs`` and ``converged``: the export's runs and the plateau
+    rule's answer per run id, for the budget and convergence columns)."""
     points = points[points["task"] == task]
+    converged = converged or {}
+    ids = {side: set(side_rows(points, side)["run_id"]) for side in (claim.better, claim.worse) if side}
+    flags = {side: convergence.describe([converged.get(r) for r in sorted(i)]) for side, i in ids.items()}
 
     def sides(column: str) -> tuple[pd.Series, pd.Series | float]:
         ahead = per_seed(points, claim.better, column)
@@ -164,7 +184,10 @@ def judge(claim: Claim, task: str, points: pd.DataFrame, cells: pd.DataFrame) ->
             "difference": mean, "low": low, "high": high, "verdict": said,
             **dict(zip(("best_difference", "best_low", "best_high"), best, strict=True)),
             "paper_better": paper_value(cells, task, claim.better),
-            "paper_worse": paper_value(cells, task, claim.worse) if claim.worse else math.nan}
+            "paper_worse": paper_value(cells, task, claim.worse) if claim.worse else math.nan,
+            "updates": budget(set().union(*ids.values()), runs) if runs is not None else "—",
+            "better_converged": flags[claim.better],
+            "worse_converged": flags[claim.worse] if claim.worse else "—"}
 
 
 def claim_tasks(claim: Claim, cells: pd.DataFrame) -> list[str]:
@@ -186,10 +209,11 @@ def signed(mean: float, low: float, high: float) -> str:
 def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
     """Every claim of :data:`CLAIMS` judged on each of its tasks, as a :class:`analysis.tables.Table`."""
     rows, claims = [], []
+    converged = convergence.converged_runs(export.training)
     for claim in CLAIMS:
         points, cells = run_points(export, VIEWS[claim.view]), view_cells[claim.view]
         tasks = claim_tasks(claim, cells)
-        rows += [judge(claim, task, points, cells) for task in tasks]
+        rows += [judge(claim, task, points, cells, export.runs, converged) for task in tasks]
         claims += [claim] * len(tasks)
     numbers = pd.DataFrame(rows, columns=COLUMNS)
 
@@ -208,6 +232,9 @@ def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
                                                       zip(numbers["difference"], numbers["low"], numbers["high"],
                                                           strict=True)],
         "verdict": numbers["verdict"],
+        "updates": numbers["updates"],
+        "converged (runs)": [f"{b} vs {w}" for b, w in zip(numbers["better_converged"], numbers["worse_converged"],
+                                                          strict=True)],
         "best during training: difference": [signed(*v) for v in zip(
             numbers["best_difference"], numbers["best_low"], numbers["best_high"], strict=True)],
         "paper": [f"{num(a)} vs {num(b) if w else level}" for a, b, w, level in
@@ -218,5 +245,8 @@ def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
                f"time), mean over seeds with a Student-t {CONFIDENCE:.0%} interval; reproduced: the interval is above "
                "0; not reproduced: below 0 (the opposite holds); inconclusive: it holds 0 or rests on fewer than "
                f"{MIN_SEEDS} seeds. Final evaluations decide, as in the paper; the best during training is shown "
-               "beside them")
+               "beside them. Updates: the gradient updates of the runs compared (a verdict holds at that budget); "
+               f"converged: how many runs of each side had flattened by the plateau rule (the last "
+               f"{convergence.PLATEAU_EVALS} evaluations within {convergence.PLATEAU_Z:g} x sqrt(2) x their "
+               "standard error of each other), of those with enough evaluations to judge")
     return Table(NAME, caption, text, numbers)

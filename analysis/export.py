@@ -10,6 +10,11 @@
   run logged, 0 where best = final).
 - ``curves.csv``: one row per completed run and online episode: the in-context curve (``Metric.CURVE``, mean over
   test tasks), ``episode`` counted from 1.
+- ``training.csv``: the training curve of every run kept, one row per evaluation (those during training and the
+  final one) against the gradient update: the first and the last online episode's return (mean over test tasks),
+  the last one's standard error over test tasks, and the training loss logged at that update (with DM-H's two
+  branches). What :mod:`analysis.convergence` reads to say whether a run's curve had flattened. Optional in a
+  cache: one exported before it existed has none.
 
 A sweep's parent run (tag ``Tag.SWEEP_PARENT``) only groups its trials in the MLflow UI and is not exported.
 
@@ -20,6 +25,7 @@ values of c stay two trials.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -56,6 +62,14 @@ BEST = ["best_return", "best_normalized_score", "evals_during_training"]
 RUN_COLUMNS = ["run_id", "experiment", "sweep", "trial_key", *SETTINGS, "z", "z_dim", "outcome", "status_detail",
                *SCALARS, *BEST, "end_time"]
 CURVE_COLUMNS = ["run_id", "episode", "return"]
+# The training curve: column → (metric during training, metric of the final evaluation); losses are one metric each.
+TRAINING_EVALS = {
+    "first_return": (Metric.FIRST_RETURN_DURING_TRAINING, Metric.FIRST_RETURN),
+    "last_return": (Metric.LAST_RETURN_DURING_TRAINING, Metric.LAST_RETURN),
+    "last_return_se": (Metric.LAST_RETURN_SE_DURING_TRAINING, Metric.LAST_RETURN_SE),
+}
+TRAINING_LOSSES = {"loss": Metric.TRAIN_LOSS, "loss_z": Metric.TRAIN_LOSS_Z, "loss_goal": Metric.TRAIN_LOSS_GOAL}
+TRAINING_COLUMNS = ["run_id", "step", *TRAINING_EVALS, *TRAINING_LOSSES]
 
 
 @dataclass
@@ -65,6 +79,8 @@ class Export:
     runs: pd.DataFrame  # RUN_COLUMNS, one row per trial
     curves: pd.DataFrame  # CURVE_COLUMNS, completed runs only
     source: dict  # tracking URI, experiments, export time: written to meta.json and quoted in the report
+    training: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=TRAINING_COLUMNS))
+    # TRAINING_COLUMNS: each kept run's evaluations against the update (empty in a cache made before it existed)
 
 
 def outcome(status: str, tags: dict[str, str], metrics: dict[str, float]) -> str:
@@ -145,7 +161,7 @@ def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Expo
         chosen = list(found.values())
     else:
         chosen = [e for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY) if e.name != "Default"]
-    rows, evaluated = [], set()
+    rows, evaluated, finals = [], set(), {}
     for exp in chosen:
         for run in client.search_runs([exp.experiment_id], max_results=50_000, run_view_type=ViewType.ACTIVE_ONLY):
             params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
@@ -160,12 +176,14 @@ def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Expo
                    **{col: metrics.get(name, math.nan) for col, name in SCALARS.items()},
                    "end_time": run.info.end_time or run.info.start_time or 0}
             rows.append(row)
+            finals[run.info.run_id] = metrics
             if Metric.LAST_RETURN_DURING_TRAINING in metrics:
                 evaluated.add(run.info.run_id)
     runs = latest_per_trial(pd.DataFrame(rows, columns=RUN_COLUMNS).drop(columns=BEST))
     # a history costs one request per run: only for the runs kept that logged one
-    histories = {run_id: [m.value for m in client.get_metric_history(run_id, Metric.LAST_RETURN_DURING_TRAINING)]
-                 for run_id in runs["run_id"] if run_id in evaluated}
+    during = {run_id: client.get_metric_history(run_id, Metric.LAST_RETURN_DURING_TRAINING)
+              for run_id in runs["run_id"] if run_id in evaluated}
+    histories = {run_id: [m.value for m in metrics] for run_id, metrics in during.items()}
     runs = with_best(runs, histories)[RUN_COLUMNS] if len(runs) else runs.reindex(columns=RUN_COLUMNS)
     runs["z_dim"] = runs["z_dim"].astype("Int64")  # an integer in runs.csv, empty for a run without z
     curves = []
@@ -175,7 +193,34 @@ def export_runs(tracking_uri: str, experiments: list[str] | None = None) -> Expo
     curve_frame = pd.DataFrame(curves, columns=CURVE_COLUMNS).sort_values(["run_id", "episode"], ignore_index=True)
     source = {"tracking_uri": tracking_uri, "experiments": [e.name for e in chosen],
               "exported_at": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")}
-    return Export(runs, curve_frame, source)
+    return Export(runs, curve_frame, source, training_curves(client, runs, finals, during))
+
+
+def training_curves(client: object, runs: pd.DataFrame, finals: dict[str, dict[str, float]],
+                    during: dict[str, list]) -> pd.DataFrame:
+    """TRAINING_COLUMNS for ``runs``: every evaluation during training (``during``: run id → its history of
+    ``Metric.LAST_RETURN_DURING_TRAINING``, for the runs that logged one; their other histories are read here) and
+    the final one at the run's ``steps`` (from ``finals``: run id → its latest metrics), each with the training loss
+    logged at the same update."""
+    rows = []
+    for run_id, steps in zip(runs["run_id"], runs["steps"], strict=True):
+        points: dict[int, dict[str, float]] = {}
+        if run_id in during:
+            for column, (key, _) in TRAINING_EVALS.items():
+                history = during[run_id] if key == Metric.LAST_RETURN_DURING_TRAINING else \
+                    client.get_metric_history(run_id, key)
+                for m in history:
+                    points.setdefault(m.step, {})[column] = m.value
+            for column, key in TRAINING_LOSSES.items():
+                for m in client.get_metric_history(run_id, key):
+                    if m.step in points:
+                        points[m.step][column] = m.value
+        latest = finals.get(run_id, {})
+        if Metric.LAST_RETURN in latest and not pd.isna(steps):
+            points[int(steps)] = {**{c: latest.get(final, math.nan) for c, (_, final) in TRAINING_EVALS.items()},
+                                  **{c: latest.get(key, math.nan) for c, key in TRAINING_LOSSES.items()}}
+        rows += [{"run_id": run_id, "step": step, **values} for step, values in sorted(points.items())]
+    return pd.DataFrame(rows, columns=TRAINING_COLUMNS)
 
 
 def latest_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
@@ -200,12 +245,15 @@ def merge_exports(kept: Export, new: Export) -> Export:
     curves = pd.concat([kept.curves, new.curves], ignore_index=True).drop_duplicates(["run_id", "episode"],
                                                                                      keep="last")
     curves = curves[curves["run_id"].isin(runs["run_id"])].sort_values(["run_id", "episode"], ignore_index=True)
+    training = pd.concat([kept.training, new.training], ignore_index=True).drop_duplicates(["run_id", "step"],
+                                                                                          keep="last")
+    training = training[training["run_id"].isin(runs["run_id"])].sort_values(["run_id", "step"], ignore_index=True)
     exports = [*kept.source.get("exports", [kept.source]), *new.source.get("exports", [new.source])]
     exports = [e for e in exports if e]  # an empty cache has no source of its own
     source = {"tracking_uri": "; ".join(dict.fromkeys(e.get("tracking_uri", "") for e in exports)),
               "experiments": sorted({x for e in exports for x in e.get("experiments", [])}),
               "exported_at": max(e.get("exported_at", "") for e in exports), "exports": exports}
-    return Export(runs, curves, source)
+    return Export(runs, curves, source, training.reindex(columns=TRAINING_COLUMNS))
 
 
 def save_export(export: Export, folder: Path) -> None:
@@ -215,6 +263,8 @@ def save_export(export: Export, folder: Path) -> None:
         export.runs.to_csv(tmp, index=False)
     with atomic_path(folder / "curves.csv") as tmp:
         export.curves.to_csv(tmp, index=False)
+    with atomic_path(folder / "training.csv") as tmp:
+        export.training.to_csv(tmp, index=False)
     with atomic_path(folder / "meta.json") as tmp:
         Path(tmp).write_text(json.dumps(export.source, indent=2) + "\n")
 
@@ -233,4 +283,9 @@ def load_export(folder: Path) -> Export:
             raise DmhError(f"{folder / name} lacks column(s) {', '.join(absent)}: re-export it")
     runs["status_detail"] = runs["status_detail"].fillna("")
     runs["z_dim"] = runs["z_dim"].astype("Int64")  # as exported: read_csv makes an integer column with gaps float
-    return Export(runs, curves, json.loads(paths["meta.json"].read_text()))
+    training_path = folder / "training.csv"
+    training = (pd.read_csv(training_path) if training_path.exists() else pd.DataFrame(columns=TRAINING_COLUMNS))
+    absent = [c for c in TRAINING_COLUMNS if c not in training.columns]
+    if absent:
+        raise DmhError(f"{training_path} lacks column(s) {', '.join(absent)}: re-export it")
+    return Export(runs, curves, json.loads(paths["meta.json"].read_text()), training)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.convergence import describe
 from analysis.tables import ALGO_LABELS, task_label
 from dmh.io import atomic_path
 
@@ -132,5 +133,51 @@ def bars_figure(cells: pd.DataFrame, title: str, ylabel: str, series: str = "var
     ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def training_label(row: pd.Series, several_c: bool) -> str:
+    """A training curve's series: the algorithm, with its variant where the sweep varies one."""
+    parts = [ALGO_LABELS.get(row["algo"], row["algo"])]
+    if several_c and not pd.isna(row["c"]):
+        parts.append(f"c={int(row['c'])}")
+    if row["valuable_subgoals"] is False or str(row["valuable_subgoals"]).lower() == "false":
+        parts.append("without valuable sub-goals")
+    return ", ".join(parts)
+
+
+def training_figure(curves: pd.DataFrame, title: str) -> plt.Figure:
+    """Training curves of one sweep: per task a panel, per series (algo and variant) the last online episode's return
+    (solid, mean ± s.e. over seeds) and the first's (dashed) against the gradient update, each point marked
+    converged (filled) or not (hollow) at the run's end by the plateau rule where the curve ends.
+
+    ``curves``: analysis.export's training columns joined with each run's task, seed and ``series`` label, and
+    ``converged`` per run."""
+    tasks = sorted(curves["task"].unique())
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for i, (label, group) in enumerate(curves[curves["task"] == task].groupby("series", sort=True)):
+            color = plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10]
+            stats = group.groupby("step").agg(last=("last_return", "mean"), last_se=("last_return", "sem"),
+                                              first=("first_return", "mean"), n=("seed", "nunique"))
+            steps = stats.index.to_numpy(dtype=float)
+            flagged = f"converged {describe(group.drop_duplicates('run_id')['converged'].tolist())}"
+            ax.plot(steps, stats["last"], "-o", color=color, ms=3,
+                    label=f"{label} ({int(stats['n'].max())} seeds, {flagged})")
+            band = stats["last_se"].fillna(0)
+            ax.fill_between(steps, stats["last"] - band, stats["last"] + band, color=color, alpha=0.15, lw=0)
+            if stats["first"].notna().any():
+                ax.plot(steps, stats["first"], "--", color=color, lw=1, alpha=0.8)
+        ax.set_title(task_label(task), fontsize=9)
+        ax.set_xlabel("gradient updates", fontsize=8)
+        ax.set_ylabel("return (solid: last episode, dashed: first)", fontsize=7)
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
