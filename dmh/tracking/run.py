@@ -134,7 +134,10 @@ class TrackedRun:
     ``params`` (a config mapping or dataclass) are flattened with :func:`flatten_params`; ``tags`` are added to
     :func:`run_tags`. With ``run_id`` the run is resumed: it goes back to RUNNING, keeps its id and metric history,
     and params that are already logged must keep their value (a changed value is a ``DmhError``: the resumed run
-    would no longer describe one configuration).
+    would no longer describe one configuration). A resumed run logs no metric at a step at or below the last one
+    the store holds for that key: a run resumed from its checkpoint trains again the updates after it that an
+    interruption cut off (a killed worker, a killed sweep driver), and the history keeps each step once, as first
+    logged (an exact resume logs the same values again).
 
     An unreachable store does not stop training: logging calls return at once and their writes wait, in order,
     until the store answers (module docstring). Starting the run and ending it wait for the store up to
@@ -163,6 +166,7 @@ class TrackedRun:
         self._writer = StoreWriter(self.tracking_uri, deadline_s() if deadline is None else deadline)
         self._start_by = 0.0  # when starting the run stops waiting for the store (monotonic clock)
         self._logged_params: dict[str, str] = {}  # what the store holds (or will): changed values are refused locally
+        self._stored_steps: dict[str, int] = {}  # a resumed run's last step per metric key in the store
         self._previous_handlers: dict[int, Any] = {}
         self._deferring = False
         self._pending_signal: int | None = None
@@ -305,6 +309,9 @@ class TrackedRun:
         self._set_tags({**run_tags(), **self._tags})
         self._logged_params = dict(run.data.params)
         self._log_params(self._params)
+        self._stored_steps = {key: max((m.step for m in self._call(
+            lambda key=key: self._client.get_metric_history(run_id, key), f"reading the history of {key}")),
+            default=-1) for key in run.data.metrics}
 
     def _experiment_id(self, create: bool) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -378,7 +385,10 @@ class TrackedRun:
         from mlflow.entities import Metric as MetricPoint  # not dmh.vocabulary.Metric, the metric key names
 
         timestamp = int(time.time() * 1000)  # now, not when a write that had to wait is finally sent
-        metrics = [MetricPoint(key, value, timestamp, int(step)) for key, value, step in points]
+        metrics = [MetricPoint(key, value, timestamp, int(step)) for key, value, step in points
+                   if step > self._stored_steps.get(key, -1)]
+        if not metrics:
+            return
         self._writer.log_batch(self._client, self.run_id, metrics=metrics)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
