@@ -66,9 +66,11 @@ def evaluate_online(model: nn.Module, spec: TaskSpec, obs_mean: np.ndarray, obs_
     tasks = test_tasks(spec, n_tasks or None)
     rows = len(tasks)
     rng = np.random.default_rng(seed)
+    # Every draw of the evaluation follows its seed: the environments' (rng), the actions' and the policy's own (a
+    # DM-H sub-goal z), never torch's global stream, which whatever ran before in the process has moved.
     generator = torch.Generator().manual_seed(seed)
     core = make_eval_core(spec, rows)
-    policy = model.policy(rows, target_return=spec.target_return)
+    policy = model.policy(rows, target_return=spec.target_return, generator=generator)
     policy.reset()
     start = time.perf_counter()
     obs = core.reset(rng, tasks if spec.kind == "grid" else None)

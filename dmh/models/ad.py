@@ -122,7 +122,8 @@ class AlgorithmDistillation(nn.Module):
         loss = action_loss(self(batch), batch["actions"], mask, self.cfg.discrete)
         return loss, {"loss": loss.item()}
 
-    def policy(self, batch_size: int, target_return: float | torch.Tensor = 0.0) -> ADPolicy:
+    def policy(self, batch_size: int, target_return: float | torch.Tensor = 0.0,
+               generator: torch.Generator | None = None) -> ADPolicy:  # generator: accepted as by DM-H, nothing drawn
         """Online policy. AD conditions on no return; ``target_return`` is accepted so every model's policy is built
         the same way."""
         return ADPolicy(self, batch_size)

@@ -86,7 +86,8 @@ class DecisionTransformer(nn.Module):
         loss = action_loss(self(batch), batch["actions"], batch["mask"], self.cfg.discrete)
         return loss, {"loss": loss.item()}
 
-    def policy(self, batch_size: int, target_return: float | torch.Tensor = 0.0) -> DTPolicy:
+    def policy(self, batch_size: int, target_return: float | torch.Tensor = 0.0,
+               generator: torch.Generator | None = None) -> DTPolicy:  # generator: accepted as by DM-H, nothing drawn
         """Online policy conditioned on `target_return` (raw, unscaled return; per row or shared)."""
         return DTPolicy(self, batch_size, target_return)
 
