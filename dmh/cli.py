@@ -109,7 +109,11 @@ def _cmd_data_show(args: argparse.Namespace) -> None:
     returns = dataset.episode_returns
     print(f"returns: min {returns.min():.3f} mean {returns.mean():.3f} max {returns.max():.3f}")
     if summary is not None:
+        from dmh.data.histories import policy_entropy_floor
+
         print(summary.line())
+        print(f"source learners' policy entropy ≥ {policy_entropy_floor(dataset):.3f} nats per step (ε-greedy, one "
+              "greedy action): the floor of the action loss on these data")
 
 
 def _add_data_parser(sub: argparse._SubParsersAction) -> None:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 
 import h5py
 import numpy as np
@@ -11,9 +12,11 @@ from dmh.cli import main
 from dmh.data.format import EpisodeDataset, load_dataset, save_dataset
 from dmh.data.histories import (
     GRID_NAMES,
+    QLearningConfig,
     check_learning,
     generate_histories,
     history_config,
+    policy_entropy_floor,
     summarize_learning,
 )
 from dmh.data.tmaze import TMazeDataConfig, generate_tmaze
@@ -310,3 +313,18 @@ def test_dmh_data_show_refuses_out_of_range_actions_in_one_line(tmp_path, darkro
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("dmh: error:") and len(err.splitlines()) == 1
     assert "'actions' has 1 step(s) outside dmh/Darkroom-v0's actions [0, 5) (first at step 3: 7)" in err
+
+
+@pytest.mark.parametrize(("epsilon", "floor"), [(1.0, math.log(5)), (0.0, 0.0), (0.5, None)])
+def test_the_policy_entropy_floor_is_the_learners_epsilon_greedy_entropy_per_step(epsilon, floor):
+    learner = QLearningConfig(epsilon_start=epsilon, epsilon_end=epsilon)
+    data = generate_histories(history_config("darkroom", steps=20_000, num_tasks=2, learner=learner),
+                              show_progress=False)
+    greedy, other = 1 - epsilon + epsilon / 5, epsilon / 5
+    expected = floor if floor is not None else -greedy * math.log(greedy) - 4 * other * math.log(other)
+    assert policy_entropy_floor(data) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_policy_entropy_floor_falls_with_the_learners_epsilon_over_its_history():
+    data = generate_histories(history_config("darkroom", steps=20_000, num_tasks=2), show_progress=False)
+    assert 0.0 < policy_entropy_floor(data) < math.log(5)  # ε falls from 1 to 0 over the first half

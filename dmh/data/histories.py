@@ -211,6 +211,30 @@ def summarize_learning(dataset: EpisodeDataset) -> LearningSummary:
     )
 
 
+def policy_entropy_floor(dataset: EpisodeDataset) -> float:
+    """Mean entropy (nats per step) of the source learners' ε-greedy policies over the dataset's steps, from each
+    episode's ε (its place in its history and the learner's schedule, ``metadata["generator"]``), counting a single
+    greedy action: ties among greedy actions only add entropy, so this is a lower bound.
+
+    It is the floor of the action loss: a model that knew the learner's Q-table and ε exactly would still pay this
+    cross-entropy on average, so a model whose training loss sits near it has nothing left to learn from the data."""
+    settings = dataset.metadata["generator"]["settings"]
+    learner = QLearningConfig(**settings["learner"])
+    actions = int(dataset.metadata["num_actions"])
+    per_history = int(dataset.metadata["episodes_per_history"])
+    decay = max(1.0, learner.epsilon_decay_fraction * per_history)
+    episode = np.zeros(dataset.num_episodes)  # each episode's index in its history (histories in play order)
+    for h in np.unique(dataset.episode_history):
+        mine = np.flatnonzero(dataset.episode_history == h)
+        episode[mine] = np.arange(len(mine))
+    eps = learner.epsilon_start + (learner.epsilon_end - learner.epsilon_start) * np.minimum(1.0, episode / decay)
+    greedy = 1.0 - eps + eps / actions  # [episodes] probability of the greedy action
+    other = eps / actions  # each other action's
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nan_to_num(greedy * np.log(greedy)) - (actions - 1) * np.nan_to_num(other * np.log(other))
+    return float(np.average(entropy, weights=dataset.episode_lengths))
+
+
 def check_learning(summary: LearningSummary, min_improvement: float) -> None:
     """Fail loudly when a family's histories do not show learning (the data would teach nothing in context)."""
     needed = min_improvement * summary.target_return
