@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import claims, figures, tables, z_table
+from analysis import claims, convergence, figures, tables, z_table
 from analysis.compare import VIEWS, best_note, cells, has_best, scale
 from analysis.export import Export, export_runs, load_export, save_export
 from analysis.index import FINAL_VS_BEST, Entry, Section, html_index, markdown_index
@@ -38,7 +38,7 @@ from analysis.stats import CONFIDENCE
 from dmh.boundary import EXIT_BAD_INPUT, Parser, parse
 from dmh.errors import DmhError
 from dmh.io import atomic_path
-from dmh.vocabulary import GRID_WORLD
+from dmh.vocabulary import GRID_WORLD, Outcome
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,10 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
         written[f"tables/{table.name}"] = tables.write_table(table, out / "tables")
     for name, spec in FIGURES.items():
         written[f"figures/{name}"] = figures.save(spec.draw(view_cells), out / "figures", name)
+    trained = training_figures(export, out / "figures")
+    written.update(trained)
     parts = sections(export, view_cells, {table.name: table for table in built}, written)
+    parts += [Section("figures", name.removeprefix("figures/"), paths, []) for name, paths in trained.items()]
     index = out / "index.md"
     with atomic_path(index) as tmp:
         tmp.write_text(markdown_index(out, export.source, parts))
@@ -175,6 +178,26 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
         echo(f"\n{z_table.TITLE} ({written[f'tables/{study.name}'][0]})\n")
         echo(tables.markdown(study.text))
     return index
+
+
+def training_figures(export: Export, folder: Path) -> dict[str, list[Path]]:
+    """One training-curves figure per sweep with training curves (``training_<sweep>.{png,pdf}``): every campaign
+    cell's evaluations against the update, and whether its runs converged (:mod:`analysis.convergence`)."""
+    if export.training.empty:
+        return {}
+    converged = convergence.converged_runs(export.training)
+    runs = export.runs[export.runs["outcome"] == Outcome.COMPLETED]
+    joined = export.training.merge(runs[["run_id", "sweep", "algo", "task", "seed", "c", "valuable_subgoals"]],
+                                   on="run_id")
+    written = {}
+    for sweep, curves in joined.groupby("sweep"):
+        several_c = curves["c"].nunique() > 1
+        curves = curves.assign(series=curves.apply(figures.training_label, axis=1, several_c=several_c),
+                               converged=curves["run_id"].map(converged))
+        name = f"training_{sweep}"
+        title = f"{sweep}: training curves on held-out tasks"
+        written[f"figures/{name}"] = figures.save(figures.training_figure(curves, title), folder, name)
+    return written
 
 
 # The paper's tables and the views each shows.

@@ -166,9 +166,10 @@ def test_history_windows_start_at_every_step_of_an_episode_and_carry_the_step_be
     batch = s.collate(contexts, leads)
     mid = torch.from_numpy(s.timestep[[c[0] for c in contexts]] > 0)
     assert not batch["episode_start"][mid, 0].any()  # a window that starts mid-episode starts no episode
-    lead_actions = torch.from_numpy(s.actions[[lead for lead in leads]])
+    lead_actions = torch.from_numpy(s.actions[leads])
     assert torch.equal(batch["prev_actions"][mid, 0], lead_actions[mid])
-    assert torch.equal(batch["prev_actions"][:, 1:][batch["mask"][:, 1:]], batch["actions"][:, :-1][batch["mask"][:, 1:]])
+    inside = batch["mask"][:, 1:]
+    assert torch.equal(batch["prev_actions"][:, 1:][inside], batch["actions"][:, :-1][inside])
 
 
 def test_ad_transformer_meets_online_exactly_the_windows_it_trains_on(monkeypatch):

@@ -69,7 +69,8 @@ class AlgorithmDistillation(nn.Module):
             self.embed_step = nn.Linear(cfg.obs_dim + act_feat + 2, d)  # (s_t, a_{t-1}, r_{t-1}, episode_start_t)
         self.embed_timestep = TimestepEmbedding(cfg.max_timestep, d)
         self.embed_ln = nn.LayerNorm(d)
-        # a GPT drops its input tokens itself (once, as GPT-2); a Mamba backbone does not, so AD (Mamba)'s are dropped here
+        # a GPT drops its input tokens itself (once, as GPT-2); a Mamba backbone does not, so AD (Mamba)'s are
+        # dropped here
         self.drop = nn.Dropout(cfg.dropout) if cfg.backbone == "mamba" else nn.Identity()
         if cfg.backbone == "transformer":
             self.backbone = cfg.gpt(self.unit * cfg.context_len, position_embedding=True)

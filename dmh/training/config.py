@@ -103,9 +103,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # minutes on 2 CPU cores (calibrated in ../shared/reference/feasibility.md)
     # DM-H here uses its efficiency options: one fused Mamba token per block, no activation checkpointing (short
     # contexts fit easily), a short scan chunk; every block decoded (train_blocks=0), so that every step of a
-    # context carries an action target as it does for AD (the paper supervises every step); and a 32-d sub-goal z, sampled once
-    # per block as the paper's Eq. 6: the z study (3 seeds, docs/results.md) found no draw learning in context at
-    # the authors' size (obs_dim = 2 in Grid World), and the paper's draw learning on both of its tasks at 32
+    # context carries an action target as it does for AD (the paper supervises every step); and a 32-d sub-goal z,
+    # sampled once per block as the paper's Eq. 6: the z study (3 seeds, docs/results.md) found no draw learning in
+    # context at the authors' size (obs_dim = 2 in Grid World), and the paper's draw learning on both of its tasks
+    # at 32
     "cpu": dict(steps=3000, batch_size=16, lr=1e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0,
                 checkpoint_every=250, log_every=25, threads=1,
                 model=dict(d_model=64, n_layer=2, n_mamba_layer=2, dropout=0.0, d_state=16, checkpoint_scan=False,
