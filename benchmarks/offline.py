@@ -77,6 +77,7 @@ PAPER_HOURS = {LABELS["ad-mamba"]: 28.56, LABELS["ad-transformer"]: 37.10, LABEL
 RATIOS = ((LABELS["dmh"], LABELS["ad-transformer"]), (LABELS["ad-mamba"], LABELS["ad-transformer"]),
           (LABELS["dmh"], LABELS["ad-mamba"]), (LABELS["dmh"], SEPARATE))
 PRESET_RATIOS = RATIOS[:3]  # the preset runs the default layout only
+PRESET_PAIRS = (*PRESET_RATIOS, (LABELS["dmh"], SUBSAMPLED))  # and what decoding every block costs DM-H
 
 
 def paper_update_seconds(algo: str, context: int, s: OfflineSettings, micro_batch: int | None = None,
@@ -142,7 +143,7 @@ def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     keys = sorted({(r.context, r.batch) for r in rows})
-    pairs = [(PRESET + a, PRESET + b) for a, b in (*PRESET_RATIOS, (LABELS["dmh"], SUBSAMPLED))]
+    pairs = [(PRESET + a, PRESET + b) for a, b in PRESET_PAIRS]
     return rows + ratio_rows(rows, pairs, Metric.UPDATE_S, keys)
 
 
@@ -187,14 +188,14 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
     if preset:
         contexts = sorted({r.context for r in preset})
         batches = sorted({r.batch for r in preset})
-        labels = [PRESET + LABELS[a] for a in PRESET_ALGOS]
+        labels = [PRESET + LABELS[a] for a in PRESET_ALGOS] + [PRESET + v for v in PRESET_VARIANTS]
         parts += [
             wide_table(f"Offline: s per update, cpu preset on {s.preset_task} (Trainer.train_step)", preset, labels,
                        Metric.UPDATE_S, contexts, batches),
             wide_table("Offline: minutes for the cpu preset's updates", preset, labels, Metric.PRESET_MIN, contexts,
                        batches),
             wide_table("Offline: ratios, cpu preset", preset,
-                       [ratio_label(PRESET + a, PRESET + b) for a, b in PRESET_RATIOS], ratio_of(Metric.UPDATE_S),
+                       [ratio_label(PRESET + a, PRESET + b) for a, b in PRESET_PAIRS], ratio_of(Metric.UPDATE_S),
                        contexts, batches),
         ]
     return "\n".join(parts)
