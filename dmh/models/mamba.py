@@ -33,8 +33,12 @@ Backend = Literal["auto", "cuda", "torch"]
 
 @functools.cache  # asked on every forward of every block; a failed import is not cached by Python and would rerun
 def mamba_ssm_available() -> bool:
-    """True when `mamba_ssm`'s CUDA selective scan imports (never on CPU-only machines)."""
+    """True when `mamba_ssm`'s compiled selective-scan kernel and its Python wrapper both import (never on CPU-only
+    machines). The kernel module `selective_scan_cuda` is asked for by name: the wrapper alone is not enough, since
+    mamba-ssm's main branch made its import optional, and a kernel built against another torch fails right here
+    (`undefined symbol`) rather than at the first forward."""
     try:
+        import selective_scan_cuda  # noqa: F401
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
     except Exception:  # ImportError, or a broken CUDA extension raising something else at import time
         return False
