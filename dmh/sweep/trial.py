@@ -8,6 +8,7 @@ inside the trainable, so trials on remote workers write where the driver does.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -20,6 +21,7 @@ import ray
 import torch
 from ray import tune
 
+from dmh.errors import DmhError
 from dmh.sweep.bookkeeping import (
     MLFLOW_PARENT_RUN_ID,
     discard_stale_runs,
@@ -27,8 +29,9 @@ from dmh.sweep.bookkeeping import (
     mark_completed,
     record_out_of_memory,
 )
+from dmh.tracking.run import SYSTEM_METRICS_SWITCH
 from dmh.training.checkpoint import load_checkpoint
-from dmh.training.config import config_from_dict, resolve
+from dmh.training.config import TrainConfig, config_from_dict, resolve
 from dmh.training.run import evaluate_checkpoint, train_run
 from dmh.vocabulary import Metric, Outcome, Tag
 
@@ -97,12 +100,31 @@ def hide_unreserved_gpus(gpu_ids: list[str] | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+def on_reserved_gpus(cfg: TrainConfig, gpu_ids: list[str] | None) -> TrainConfig:
+    """A trial that reserved GPUs trains on one: ``device=auto`` becomes ``cuda``, and a CUDA device that torch
+    cannot use here (a CPU build of torch, a node without a driver) stops the trial with one line, where ``auto``
+    would train the paper preset on the CPU without a word. A trial without GPUs keeps its device (``auto`` is the
+    CPU there, its GPUs being hidden)."""
+    if not gpu_ids:
+        return cfg
+    device = "cuda" if cfg.device == "auto" else cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DmhError(
+            f"the trial reserved GPU {','.join(gpu_ids)} but torch {torch.__version__} (CUDA build: "
+            f"{torch.version.cuda or 'none'}) sees no usable CUDA device here (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): install a CUDA build of torch on the GPU nodes, or "
+            "pass --gpus-per-trial 0 to train on CPUs")
+    return dataclasses.replace(cfg, device=device)
+
+
 def run_trial(config: dict[str, Any], session: TrialSession, parent_run_id: str | None = None) -> None:
     """Train one cell (a ``Plan.trials`` entry), reporting each checkpoint to Tune; a restarted trial continues its
     checkpoint and MLflow run. With ``parent_run_id`` the run is nested under the sweep's parent run."""
     hide_unreserved_gpus(session.gpu_ids)
     os.environ.update(config["env"])  # e.g. D4RL_DATASET_DIR, for trials on workers that did not inherit it
-    cfg = config_from_dict(config["config"])
+    cfg = on_reserved_gpus(config_from_dict(config["config"]), session.gpu_ids)
+    if session.gpu_ids:  # GPU utilisation and memory beside the run's metrics (MLflow's own switch, read by the run)
+        os.environ[SYSTEM_METRICS_SWITCH] = "true"
     uri, trial_id = config["tracking_uri"], session.trial_id
     # A retry lands in a fresh working folder (another worker, or Tune's new session after --resume): the checkpoint
     # Tune kept is the one to continue. A retry in the same folder may also find one written but not yet reported.

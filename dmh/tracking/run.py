@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import posixpath
+import re
 import signal
 import threading
 import time
@@ -39,6 +40,17 @@ from dmh.vocabulary import Metric
 
 # MLflow rejects longer param values (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_VALUE_LENGTH = 6000
+# MLflow's own switch for system metrics (CPU, memory, disk, network, and every GPU's utilisation and memory through
+# nvidia-ml-py), logged every 10 s as system/* beside the run's metrics; a sweep turns it on in GPU trials.
+SYSTEM_METRICS_SWITCH = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+SYSTEM_METRICS_STOP_S = 10  # how long a run's end waits for the monitor's last samples (its store may be down)
+# The device a run computes on, also as params, which the MLflow UI shows as columns and compares and filters runs by:
+# the torch device ("cpu", "cuda:0") and the GPU's model ("none" on a CPU). Taken from the tag of the run's caller,
+# written by run_tags as "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)"; a run resumed elsewhere keeps the params of its
+# first start (params cannot change) while the tag follows it.
+DEVICE_TAG = "device"
+DEVICE_PARAM, GPU_PARAM = "device_used", "gpu_name"
+_DEVICE_DESCRIPTION = re.compile(r"(?P<device>\S+)(?: \((?P<gpu>.+)\))?")
 TRUNCATION_MARKER = "...[truncated]"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _DEADLINE_HINT = "raise $DMH_TRACKING_DEADLINE to wait longer"
@@ -89,6 +101,34 @@ def _check_unchanged(run_id: str, logged: Mapping[str, str], params: Mapping[str
 
 def _short(value: str, limit: int = 60) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def device_params(description: str) -> dict[str, str]:
+    """The params of a ``device`` tag: ``"cuda:0 (NVIDIA A10G)"`` -> the device ``cuda:0`` and the GPU ``NVIDIA
+    A10G``; ``"cpu"`` -> ``cpu`` and ``none``."""
+    described = _DEVICE_DESCRIPTION.fullmatch(description)
+    if described is None:
+        return {}
+    return {DEVICE_PARAM: described["device"], GPU_PARAM: described["gpu"] or "none"}
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, resume: bool) -> Any:
+    """MLflow's system-metrics monitor for a run, started, when SYSTEM_METRICS_SWITCH is on (else None). A monitor
+    that cannot run here (it needs psutil, and nvidia-ml-py for the GPUs: ``pip install 'dmh[cuda]'``) is said once
+    and the run goes on without it."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+
+    if not MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=tracking_uri)
+    except Exception as exc:  # ImportError without psutil, or NVML failing in a way MLflow does not catch
+        log.warning("system metrics of run %s are not logged: %s", run_id, exc)
+        return None
+    monitor.start()
+    return monitor
 
 
 class RunInterrupted(SystemExit):
@@ -168,6 +208,7 @@ class TrackedRun:
         self._logged_params: dict[str, str] = {}  # what the store holds (or will): changed values are refused locally
         self._stored_steps: dict[str, int] = {}  # a resumed run's last step per metric key in the store
         self._previous_handlers: dict[int, Any] = {}
+        self._system_metrics: Any = None  # MLflow's monitor while the run is open, if SYSTEM_METRICS_SWITCH is on
         self._deferring = False
         self._pending_signal: int | None = None
 
@@ -210,6 +251,7 @@ class TrackedRun:
             self._pending_signal = None
             self._finish(interrupted)
             raise interrupted
+        self._system_metrics = start_system_metrics(self.run_id, self.tracking_uri, self._resume_id is not None)
         return self
 
     def __exit__(
@@ -230,6 +272,7 @@ class TrackedRun:
         else:
             wait = self._writer.deadline
         unwritten = None
+        self._stop_system_metrics()
         try:
             if not self._end(status, time.monotonic() + wait):
                 unwritten = TrackingUnavailableError(self._unwritten_line(status, wait))
@@ -245,6 +288,15 @@ class TrackedRun:
             raise RunInterrupted(signum) from exc
         if unwritten is not None and exc is None:
             raise unwritten
+
+    def _stop_system_metrics(self) -> None:
+        """The monitor's last samples, waited for at most SYSTEM_METRICS_STOP_S (its thread may be waiting on an
+        unreachable store; it is a daemon and ends with the process)."""
+        monitor, self._system_metrics = self._system_metrics, None
+        if monitor is not None:
+            stopping = threading.Thread(target=monitor.finish, name="dmh-system-metrics-stop", daemon=True)
+            stopping.start()
+            stopping.join(SYSTEM_METRICS_STOP_S)
 
     def _end(self, status: str, until: float) -> bool:
         """Waiting writes, then the end status; whether the store took them all before ``until``."""
@@ -285,6 +337,7 @@ class TrackedRun:
         self._run_id = run.info.run_id
         _ACTIVE_RUNS.add(self)
         self._log_params(self._params)
+        self._log_device_params()
 
     def _resume_run(self, run_id: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -309,9 +362,16 @@ class TrackedRun:
         self._set_tags({**run_tags(), **self._tags})
         self._logged_params = dict(run.data.params)
         self._log_params(self._params)
+        self._log_device_params()
         self._stored_steps = {key: max((m.step for m in self._call(
             lambda key=key: self._client.get_metric_history(run_id, key), f"reading the history of {key}")),
             default=-1) for key in run.data.metrics}
+
+    def _log_device_params(self) -> None:
+        """DEVICE_PARAM and GPU_PARAM from the caller's ``device`` tag, unless the run holds them already (from its
+        first start)."""
+        params = device_params(self._tags[DEVICE_TAG]) if DEVICE_TAG in self._tags else {}
+        self._log_params({key: value for key, value in params.items() if key not in self._logged_params})
 
     def _experiment_id(self, create: bool) -> str | None:
         from mlflow.exceptions import MlflowException
