@@ -84,8 +84,10 @@ class Integer(Rule):
     def words(self, value: Any, plural: bool = False) -> str:
         """The bound ``value`` breaks: "a positive integer", "non-negative integers", "an integer below 2**32"."""
         a, s = ("", "s") if plural else ("a ", "")
+        if value >= self.low and self.high_words:
+            return f"{'' if plural else 'an '}integer{s} below {self.high_words}"
         if value >= self.low:
-            return f"{'' if plural else 'an '}integer{s} below {self.high_words or self.high}"
+            return f"{'' if plural else 'an '}integer{s} of at most {self.high - 1}"
         if self.low == 1:
             return f"{a}positive integer{s}"
         if self.low == 0:
@@ -323,6 +325,13 @@ def check_within(option: str, value: int, available: int, what: str) -> None:
     """``value`` (already positive) at most ``available``: "--tasks 10000: darkroom has 21 held-out tasks"."""
     if value > available:
         raise DmhError(f"{option} {value}: {what} has only {available}")
+
+
+# Memory per environment step while dmh generates data (Grid World histories, T-maze episodes: its buffers and the
+# dataset they become exist together for a moment) and while ``dmh data d4rl-sample`` rolls out (float64
+# observations, next observations, actions, qpos, qvel), rounded up: what check_memory compares a size with.
+GENERATED_BYTES_PER_STEP = 48
+D4RL_SAMPLE_BYTES_PER_STEP = 512
 
 
 def memory_bytes() -> int:

@@ -12,20 +12,22 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from dmh.boundary import Parser, check_memory, interrupted_line, parse, signal_number, stop_on_sigterm
+from dmh.boundary import (
+    D4RL_SAMPLE_BYTES_PER_STEP,
+    GENERATED_BYTES_PER_STEP,
+    Parser,
+    check_memory,
+    interrupted_line,
+    parse,
+    signal_number,
+    stop_on_sigterm,
+)
 from dmh.errors import DmhError
 
 log = logging.getLogger("dmh")
 
 
 # ----------------------------------------------------------------------------------------------------- dmh data …
-# Memory per environment step while data is generated, so that a size no machine holds is refused before the work
-# (rounded up: the generators' buffers and the dataset they return exist together for a moment).
-GRID_BYTES_PER_STEP = 48  # generate_histories: int16/int8/float32/bool buffers per slot, then float32/int64 arrays
-TMAZE_BYTES_PER_STEP = 48  # generate_tmaze: float32 observations, int64 actions, float32 rewards, flags
-D4RL_BYTES_PER_STEP = 512  # rollout_random_policy: float64 observations, next observations, actions, qpos, qvel
-
-
 def _cmd_data_grid(args: argparse.Namespace) -> None:
     from dmh.data.cache import cached_path, load_or_build
     from dmh.data.histories import (
@@ -43,7 +45,7 @@ def _cmd_data_grid(args: argparse.Namespace) -> None:
                               num_tasks=args.num_tasks) for name in names]
     for cfg in configs:
         check_history_config(cfg)
-    check_memory(GRID_BYTES_PER_STEP * args.steps, f"--steps {args.steps}")
+    check_memory(GENERATED_BYTES_PER_STEP * args.steps, f"--steps {args.steps}")
     if args.out is not None:
         if len(configs) != 1:
             raise DmhError("--out names one file: use it with a single --env (or use --data-dir)")
@@ -71,7 +73,7 @@ def _cmd_data_tmaze(args: argparse.Namespace) -> None:
                           episodes_per_history=args.episodes_per_history, seed=args.seed)
     check_tmaze_config(cfg)
     steps = args.histories * args.episodes_per_history * (args.memory_length + 1)  # every episode runs L + 1 steps
-    check_memory(TMAZE_BYTES_PER_STEP * steps, f"{args.histories} histories x {args.episodes_per_history} episodes "
+    check_memory(GENERATED_BYTES_PER_STEP * steps, f"{args.histories} histories x {args.episodes_per_history} episodes "
                  f"of a T-maze of length {args.memory_length}")
     if args.out is not None:
         check_writable_output(args.out, args.overwrite)
@@ -86,7 +88,7 @@ def _cmd_data_tmaze(args: argparse.Namespace) -> None:
 def _cmd_data_d4rl_sample(args: argparse.Namespace) -> None:
     from dmh.data.d4rl import write_d4rl_sample
 
-    check_memory(D4RL_BYTES_PER_STEP * args.episodes * args.max_episode_steps,
+    check_memory(D4RL_SAMPLE_BYTES_PER_STEP * args.episodes * args.max_episode_steps,
                  f"{args.episodes} episodes of up to {args.max_episode_steps} steps")
     path = write_d4rl_sample(args.name, args.out, episodes=args.episodes, max_episode_steps=args.max_episode_steps,
                              seed=args.seed, overwrite=args.overwrite)

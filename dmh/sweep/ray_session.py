@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def connect_ray(address: str | None) -> bool:
             return True
         except ConnectionError:
             pass  # stopped between the probe and the connection: start our own
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    # Quiet while it starts (its start and its local token are no news here), Ray's usual level after.
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, logging_level=logging.ERROR)
+    logging.getLogger("ray").setLevel(logging.INFO)
     return True
 
 
@@ -142,7 +145,7 @@ def check_resources(request: dict[str, float], cluster: Cluster) -> str | None:
 
 
 def amounts(resources: dict[str, float]) -> str:
-    """``{"CPU": 2, "GPU": 0.5, "memory": 2**31}`` → "2 CPUs, 0.5 GPUs and 2.0 GiB of memory"."""
-    words = [f"{value / 2**30:.1f} GiB of memory" if kind == "memory"
+    """``{"CPU": 2, "GPU": 0.5, "memory": 2**31}`` → "2 CPUs, 0.5 GPUs and 2 GiB of memory"."""
+    words = [f"{value / 2**30:.3g} GiB of memory" if kind == "memory"
              else f"{value:g} {kind}{'' if value == 1 else 's'}" for kind, value in resources.items()]
     return ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1] if words else "nothing"

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from dmh.boundary import check_memory
+from dmh.boundary import GENERATED_BYTES_PER_STEP, check_memory
 from dmh.data.histories import history_config
 from dmh.data.tmaze import TMazeDataConfig
 from dmh.errors import DmhError
@@ -366,6 +366,12 @@ def check_against_data(setup: Resolved, episodes_per_history: int | None) -> Non
     if algorithm(cfg.algo).context == "episode" and cfg.dt_context_len > spec.horizon:
         raise DmhError(f"dt_context_len={cfg.dt_context_len} is longer than an episode of {spec.name} "
                        f"({spec.horizon} steps)")
+    if spec.kind == "tmaze" and cfg.dataset_path is None:  # generated: every episode runs the whole corridor
+        data = TMazeDataConfig(memory_length=spec.memory_length)
+        check_memory(GENERATED_BYTES_PER_STEP * data.histories * data.episodes_per_history * spec.horizon,
+                     f"the data of {spec.name}")
+    elif spec.kind == "grid" and cfg.dataset_path is None:
+        check_memory(GENERATED_BYTES_PER_STEP * cfg.data_steps, f"data_steps={cfg.data_steps}")
     evaluation_counts(spec, cfg.eval_tasks, cfg.eval_episodes)
 
 
@@ -383,7 +389,8 @@ def evaluation_counts(spec: TaskSpec, tasks: int, episodes: int, names: tuple[st
     held_out = held_out_tasks(spec)
     tasks, episodes = tasks or len(test_tasks(spec)), episodes or spec.eval_episodes
     if held_out is not None and tasks > held_out:
-        raise DmhError(f"{names[0]}={tasks}: {spec.name} has {held_out} held-out test tasks")
+        shown = f"{names[0]} {tasks}" if names[0].startswith("-") else f"{names[0]}={tasks}"  # an option, a setting
+        raise DmhError(f"{shown}: {spec.name} has {held_out} held-out test tasks")
     check_memory(8.0 * tasks * episodes, f"an evaluation of {tasks} tasks x {episodes} episodes")
     return tasks, episodes
 
