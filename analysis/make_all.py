@@ -251,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     from dmh.tracking import default_tracking_uri
 
     try:
-        args = parse(build_parser(), argv)  # --out a folder that can be written, --from-cache one that exists, …
+        args = parse(build_parser(), argv)  # --out a folder that can be written, …
         uri = args.tracking_uri or default_tracking_uri()
-        if not args.from_cache:
+        if isinstance(args.from_cache, Path):
+            cache_folder(args.from_cache)
+        elif not args.from_cache:
             check_store(uri)
         index = build_report(args.out, uri, args.experiments, args.from_cache)
     except DmhError as exc:
