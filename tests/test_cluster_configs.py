@@ -106,9 +106,10 @@ def rules_open_to_the_world(config: Any) -> list[str]:
 
 AWS_ACCESS_KEY = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 SECRET_FIELD = re.compile(r"aws_secret_access_key|aws_session_token|gcp_credentials|-----BEGIN", re.IGNORECASE)
-# NAME=value or name: value on one line, where the name holds a secret's word (MLFLOW_TRACKING_TOKEN=abc...).
-SECRET_ASSIGNMENT = re.compile(r"\b(?P<name>\w*(?:password|passwd|secret|token)\w*)[\"']?[ \t]*[=:][ \t]*[\"']?"
-                               r"(?P<value>[^\s\"'#,}]+)", re.IGNORECASE)
+# NAME=value or name: value on one line, where the name holds a secret's word (MLFLOW_TRACKING_TOKEN=abc...); a
+# version pin (tokenizers==0.22.2, in the image's lock) is a comparison, not an assignment.
+SECRET_ASSIGNMENT = re.compile(r"\b(?P<name>\w*(?:password|passwd|secret|token)\w*)[\"']?[ \t]*(?:=(?!=)|:)[ \t]*"
+                               r"[\"']?(?P<value>[^\s\"'#,}]+)", re.IGNORECASE)
 SECRET_NAME = re.compile(r"password|passwd|secret|token", re.IGNORECASE)
 NOT_A_LITERAL = ("$", "<", "~", "/", "{")  # a variable, a placeholder, a path: not a secret's value
 
@@ -372,6 +373,10 @@ def test_references_to_secrets_are_not_taken_for_secrets():
             "    valueFrom: {secretKeyRef: {name: dmh, key: auth_token}}\n"
             "cmd: RAY_AUTH_MODE=token MY_TOKEN=$TOKEN PASSWORD=<your-password>\n")
     assert credentials(text, list(yaml.safe_load_all(text))) == []
+
+
+def test_a_pinned_package_named_like_a_secret_is_not_taken_for_one():
+    assert credentials("tokenizers==0.22.2\nsecretstorage==3.3.3\n") == []
 
 
 def kuberay(*docs: str) -> list[dict[str, Any]]:
