@@ -446,7 +446,7 @@ def tail_of(path: Path, lines: int = 30) -> list[str]:
 def summary(check: Check, status: int) -> str:
     """The last screen of the output and 1-summary.txt."""
     took = time.monotonic() - check.began
-    setup = check.clock - check.began
+    setup = (check.clock if check.clock != check.began else time.monotonic()) - check.began  # ended in setup: all
     where = "a CPU rehearsal" if check.rehearsal else (check.gpu or "no GPU")
     lines = [f"=== gpu_check summary: {took:.0f} s (setup {setup:.0f} s) on {where}; results in {check.out} ===",
              *(o.line() for o in check.outcomes)]
