@@ -150,10 +150,12 @@ class Check:
 
     def env(self, *sites: Path, **extra: str) -> dict[str, str]:
         """The steps' environment: the carried packages (and ``sites``) before the checkout on PYTHONPATH, no user
-        site-packages, no pip configuration of this machine, scratch folders for data and temporary files."""
+        site-packages, no pip configuration of this machine, Hugging Face's libraries offline (mamba-ssm imports
+        them), scratch folders for data and temporary files."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k not in ("PYTHONPATH", "OUT")}
         env.update(PYTHONPATH=os.pathsep.join(map(str, [*sites, self.site, REPO])), PYTHONNOUSERSITE="1",
-                   PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", PIP_CONFIG_FILE=os.devnull,
+                   PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1", PIP_CONFIG_FILE=os.devnull, HF_HUB_OFFLINE="1",
+                   TRANSFORMERS_OFFLINE="1",
                    PATH=f"{self.site / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", MPLBACKEND="Agg",
                    DMH_DATA_DIR=str(self.work / "data"), TMPDIR=str(self.work / "tmp"), **extra)
         return env
