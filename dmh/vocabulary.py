@@ -77,7 +77,8 @@ class Outcome:
 # and run names, resume checks and the report's trial keys ignore them.
 RUNTIME_FIELDS = ("threads", "device")
 # Logged params of the same kind (folders, the experiment, the Mamba backend actually used), for the report.
-RUNTIME_PARAMS = (*RUNTIME_FIELDS, "run_dir", "data_dir", "backend", "experiment", "model.mamba_backend")
+RUNTIME_PARAMS = (*RUNTIME_FIELDS, "run_dir", "data_dir", "backend", "experiment", "model.mamba_backend",
+                  "device_used", "gpu_name")
 
 GRID_WORLD = tuple(family.name for family in FAMILIES.values())  # the six families, small ones first
 D4RL_FAMILIES = D4RL_ENVS  # halfcheetah, hopper, walker2d

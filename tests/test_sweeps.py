@@ -345,6 +345,7 @@ def test_a_trial_that_reserved_no_gpu_sees_none_before_it_trains(workdir, monkey
     seen = []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setattr(trial_module, "train_run", train_run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU trial stops before training without CUDA
     script = importlib.import_module("sweeps.grid_world")
     config = common.plan(script.SWEEP, common.build_parser(script.SWEEP).parse_args(["--preset", "smoke"])).trials[0]
     with pytest.raises(SeenError):
