@@ -4,10 +4,11 @@ interrupted.
 
 Every command (``dmh …``, ``dmh report``, each sweep script, the campaign) parses with :func:`parse`: argparse's own
 errors (an unknown option, a non-number, a bad choice) and the table's checks are one line
-``<command>: error: …`` and exit status 2. What depends on what exists is checked where that is known, with the
-helpers here: the held-out tasks of a checkpoint's task (:func:`check_within`), this machine's memory
-(:func:`check_memory`), a Ray cluster's nodes (``dmh.sweep.ray_session``). ``tests/test_command_line.py`` runs every
-option of every command through this, the cases generated from the parsers, and fails for an option missing here.
+``<command>: error: …`` and exit status 2. What depends on what exists is checked where that is known: this
+machine's memory (:func:`check_memory`, by the data commands and the settings), the held-out tasks of a task
+(``dmh.training.config.evaluation_counts``), a Ray cluster's nodes (``dmh.sweep.ray_session.check_resources``).
+``tests/test_command_line.py`` runs every option of every command through this, the cases generated from the parsers,
+and fails for an option missing here.
 
 SIGINT and SIGTERM stop a long command with one line saying what was interrupted and what was kept
 (:func:`stop_on_sigterm`, :func:`interrupted_line`); files are written atomically (``dmh.io``), so none that looks
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dmh.errors import DmhError
+from dmh.io import check_writable_dir
 
 EXIT_BAD_INPUT = 2  # as argparse exits for an unknown option: nothing was started
 
@@ -158,7 +160,7 @@ class Output(PathRule):
         if path.exists() and path.is_dir() != self.folder:
             raise DmhError(f"{option} {path} is a {'file' if self.folder else 'folder'}, not a "
                            f"{'folder' if self.folder else 'file'}")
-        check_writable(option, path if self.folder else path.absolute().parent, shown=path)
+        check_writable_dir(path if self.folder else path.absolute().parent, option)
 
 
 @dataclass(frozen=True)
@@ -304,29 +306,6 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
 
 
 # ---------------------------------------------------------------------------------- what exists, checked at once
-def check_writable(option: str, folder: Path, shown: Path | None = None) -> None:
-    """``folder`` could be created and written: the nearest part of it that exists is a folder that takes a probe
-    file (written and removed, nothing left behind)."""
-    shown = shown or folder
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise DmhError(f"{option} {shown} cannot be written: {existing} is a file, not a folder")
-    probe = existing / f".dmh-write-probe-{os.getpid()}"
-    try:
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise DmhError(f"{option} {shown} cannot be written: {exc.strerror or exc}") from None
-
-
-def check_within(option: str, value: int, available: int, what: str) -> None:
-    """``value`` (already positive) at most ``available``: "--tasks 10000: darkroom has 21 held-out tasks"."""
-    if value > available:
-        raise DmhError(f"{option} {value}: {what} has only {available}")
-
-
 # Memory per environment step while dmh generates data (Grid World histories, T-maze episodes: its buffers and the
 # dataset they become exist together for a moment) and while ``dmh data d4rl-sample`` rolls out (float64
 # observations, next observations, actions, qpos, qvel), rounded up: what check_memory compares a size with.

@@ -14,9 +14,10 @@ from typing import Any
 
 import pyarrow.fs
 
-from dmh.boundary import MAX_SWEEP_SEEDS, SEED, Parser, check_writable, parse
+from dmh.boundary import MAX_SWEEP_SEEDS, SEED, Parser, parse
 from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 from dmh.errors import DmhError
+from dmh.io import check_writable_dir
 from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, PRESETS, Sweep, SweepError
 from dmh.tracking import check_store, default_tracking_uri
 from dmh.training.config import make_config, parse_sets
@@ -136,7 +137,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
     # Later entries win: the cell's swept values over the preset's, --set over both, and what only the driver can
     # know (threads from the reserved CPUs, one data cache for every trial, the experiment) over everything.
     data_dir = Path(args.data_dir or os.environ.get("DMH_DATA_DIR") or "data").resolve()
-    check_writable("--data-dir", data_dir)  # every trial may write the data cache there, after Ray starts
+    check_writable_dir(data_dir, "--data-dir")  # every trial may write the data cache there, after Ray starts
     fixed = {"threads": max(1, int(args.cpus_per_trial)), "data_dir": str(data_dir), "run_dir": RUN_DIR,
              "experiment": experiment}
     extra = parse_sets(args.set)
