@@ -213,7 +213,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     from dmh.training.config import ALGOS, EVAL_SEED_OFFSET, PRESETS
 
     train = sub.add_parser("train", help="train a model on a task, tracked in MLflow")
-    train.set_defaults(doing="training", checkpoint=None)
+    train.set_defaults(checkpoint=None)  # the checkpoint an interruption keeps, once known
     train.add_argument("--algo", required=True, choices=ALGOS)
     train.add_argument("--task", required=True, help="darkroom … large-key-to-door, tmaze-<L>, or a D4RL name")
     train.add_argument("--preset", default="cpu", choices=list(PRESETS))
@@ -237,8 +237,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                           help="evaluation seeds, one evaluation each, not logged to the run (default: the run's own "
                                f"evaluation seed, its training seed + {EVAL_SEED_OFFSET}, logged back to the run)")
-    evaluate.set_defaults(func=_cmd_evaluate, doing="evaluating",
-                          kept=["nothing logged (an evaluation is logged only once complete)"])
+    evaluate.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_report(argv: list[str]) -> int:
@@ -281,6 +280,8 @@ def _interrupted(argv: list[str], args: argparse.Namespace | None) -> tuple[str,
         if args.checkpoint is not None and args.checkpoint.exists():
             return "training", f"kept its last checkpoint {args.checkpoint}; the same command with --resume continues"
         return "training", "no checkpoint was written yet"
+    if args.command == "evaluate":
+        return "evaluating", "nothing logged (an evaluation is logged to its run only once complete)"
     return args.doing, "kept " + ", ".join(args.kept) if args.kept else "nothing written (a file appears only complete)"
 
 
