@@ -7,8 +7,12 @@ import typing
 import pytest
 
 from dmh.cli import main
+from dmh.errors import DmhError
 from dmh.models import ALGORITHMS
-from dmh.training.config import FIELD_BOUNDS, MODEL_FIELD_BOUNDS, TrainConfig, check_value
+from dmh.tracking.run import flatten_params
+from dmh.training.config import FIELD_BOUNDS, MODEL_FIELD_BOUNDS, TrainConfig, check_value, make_config
+from dmh.training.run import run_params
+from dmh.training.train import Trainer
 
 SET_BY_THE_TASK = {"obs_dim", "act_dim", "discrete"}  # filled from the task, never overridden
 
@@ -117,3 +121,31 @@ def test_bad_input_shows_a_traceback_only_with_verbose(workdir, capsys):
     assert main(["-v", *bad]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.rstrip().endswith("seed must be an integer in [0, 2**32), got -1")
+
+
+def test_a_model_override_of_c_is_the_setting_c_refused_by_the_same_check():
+    with pytest.raises(DmhError) as via_model:
+        make_config("dmh", "darkroom", "smoke", sets=["model.c=50"])
+    with pytest.raises(DmhError) as direct:
+        make_config("dmh", "darkroom", "smoke", sets=["c=50"])
+    assert str(via_model.value) == str(direct.value) == "c=50 is longer than an episode of darkroom (20 steps)"
+
+
+def test_a_model_override_of_a_run_setting_is_what_the_run_names_logs_and_builds(workdir):
+    cfg = make_config("dmh", "darkroom", "smoke", sets=["model.c=4", "model.valuable_subgoals=false"])
+    assert (cfg.c, cfg.valuable_subgoals) == (4, False) and not set(cfg.model) & {"c", "valuable_subgoals"}
+    trainer = Trainer(cfg)
+    assert (trainer.model_cfg.c, trainer.model_cfg.valuable_subgoals) == (4, False)
+    assert "_c4_" in trainer.setup.run_name
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_the_logged_params_equal_the_settings_the_model_was_built_with(workdir, algo):
+    trainer = Trainer(make_config(algo, "darkroom", "smoke", sets=["model.c=4"]))
+    params = flatten_params(run_params(trainer))
+    built = dataclasses.asdict(trainer.model_cfg)
+    assert {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")} == \
+        {k: str(v) for k, v in built.items()}
+    for field in ("c", "valuable_subgoals"):
+        if field in built:
+            assert params[field] == str(built[field])

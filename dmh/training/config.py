@@ -136,15 +136,23 @@ def parse_value(text: str) -> Any:
         return text
 
 
+# Model-config fields that a run fixes for every model (the run's name, its checks and its logged params read them
+# from the TrainConfig): ``model.c`` is the setting ``c``, so it is validated, named and logged as what trains.
+RUN_FIELDS_IN_MODEL = ("c", "valuable_subgoals")
+
+
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
-    """Merge ``overrides`` into ``values``; ``model.x`` or a ``model`` mapping update the model overrides."""
+    """Merge ``overrides`` into ``values``; ``model.x`` or a ``model`` mapping update the model overrides, except the
+    fields a run fixes (``RUN_FIELDS_IN_MODEL``), which set the run's own setting."""
     for key, value in overrides.items():
         if key.startswith("model."):
-            values["model"] = {**values["model"], key.removeprefix("model."): value}
+            apply_overrides(values, {"model": {key.removeprefix("model."): value}}, source)
         elif key == "model":
             if not isinstance(value, dict):
                 raise DmhError(f"{source}: 'model' must be a mapping of model-config fields")
-            values["model"] = {**values["model"], **value}
+            run_level = {k: v for k, v in value.items() if k in RUN_FIELDS_IN_MODEL}
+            values["model"] = {**values["model"], **{k: v for k, v in value.items() if k not in run_level}}
+            values.update(run_level)
         elif key not in FIELD_NAMES:
             raise DmhError(f"{source}: unknown setting {key!r}")
         else:
