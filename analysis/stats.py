@@ -5,7 +5,7 @@ with few seeds, a Student-t interval (:func:`t_interval`): a bootstrap over 3 va
 
 The IQM is computed as rliable computes it, ``scipy.stats.trim_mean(x, 0.25)``, so our IQMs compare with published
 ones; rliable itself is not a dependency because it does not work with pandas 3
-(``../shared/reference/dependencies.md``).
+(``docs/reference/dependencies.md``).
 """
 
 from __future__ import annotations

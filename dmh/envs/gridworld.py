@@ -1,7 +1,7 @@
 """Grid World (Darkroom, Darkroom Hard, Dark Key-to-Door and their 40×40 Large versions), after AD (Laskin et al. 2023).
 
 The agent observes only its own integer (x, y); the goal (or the key and the door) is invisible and must be inferred
-from rewards, which is what makes in-context learning necessary. Rules (``../shared/reference/environments.md``):
+from rewards, which is what makes in-context learning necessary. Rules (``docs/reference/environments.md``):
 
 - Darkroom: +1 on every step the agent stands on the goal; the episode ends only at the horizon H.
 - Darkroom Hard: +1 the first time the goal is reached, and the episode ends there (or at H).

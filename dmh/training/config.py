@@ -100,7 +100,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(steps=6, batch_size=2, lr=1e-3, warmup_steps=1, data_steps=30_000, eval_tasks=2, eval_episodes=2,
                   checkpoint_every=3, log_every=1, n_context=2, dt_context_len=0,
                   model=dict(d_model=16, n_layer=1, n_mamba_layer=1, dropout=0.0, d_state=4)),
-    # minutes on 2 CPU cores (calibrated in ../shared/reference/feasibility.md)
+    # minutes on 2 CPU cores (calibrated in docs/reference/feasibility.md)
     # DM-H here uses its efficiency options: one fused Mamba token per block, no activation checkpointing (short
     # contexts fit easily), a short scan chunk; every block decoded (train_blocks=0), so that every step of a
     # context carries an action target as it does for AD (the paper supervises every step); and a 32-d sub-goal z,
