@@ -26,7 +26,7 @@ import math
 import os
 import re
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,6 +338,23 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
+def signal_handlers(on_sigterm: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGTERM calls ``on_sigterm`` and SIGINT raises Python's own ``KeyboardInterrupt`` while the block runs (a
+    command started in the background, ``nohup … &``, inherits SIGINT ignored); the previous handlers come back
+    after. Nothing is installed where handlers cannot be (a command run in a test's thread)."""
+    try:
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_sigterm),
+                    signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """SIGTERM raises :class:`Interrupted` in the main thread while the block runs (by default it would end the
     process at once, leaving temporary files and no word of what was kept); the previous handler comes back after.
@@ -346,16 +363,8 @@ def stop_on_sigterm() -> Iterator[None]:
     def on_sigterm(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    try:
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_sigterm),
-                    signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
-    except ValueError:  # not the main thread (a command run inside a test's thread): nothing to install
-        previous = {}
-    try:
+    with signal_handlers(on_sigterm):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def signal_number(exc: BaseException) -> int:

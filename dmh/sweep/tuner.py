@@ -14,7 +14,7 @@ from typing import Any
 
 import ray
 
-from dmh.boundary import interrupted_line
+from dmh.boundary import interrupted_line, signal_handlers
 from dmh.errors import DmhError
 from dmh.sweep.bookkeeping import close_unfinished_runs, end_parent_run, open_parent_run
 from dmh.sweep.declare import Sweep, SweepError
@@ -100,17 +100,8 @@ def sweep_signals() -> Iterator[None]:
     """Cluster schedulers stop jobs with SIGTERM; Tune saves its state and stops gracefully only on SIGINT, so
     SIGTERM is passed on as SIGINT (before Tune runs, SIGINT is a ``KeyboardInterrupt``, which :func:`main` turns
     into one line). Nothing is installed where handlers cannot be (a sweep run in a thread)."""
-    try:
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(),
-                                                                                                 signal.SIGINT)),
-                    signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
-    except ValueError:
-        previous = {}
-    try:
+    with signal_handlers(lambda signum, frame: os.kill(os.getpid(), signal.SIGINT)):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def main(sweep: Sweep, argv: list[str] | None = None, connect: Callable[[str | None], bool] | None = None,
