@@ -11,6 +11,8 @@ names them for the layers above.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dmh.envs.gridworld import FAMILIES
 from dmh.envs.mujoco import D4RL_DATASETS, D4RL_ENVS
 
@@ -41,7 +43,7 @@ class Metric:
     DIAGNOSTICS = (LAST_RETURN_DURING_TRAINING, FIRST_RETURN_DURING_TRAINING, LAST_RETURN_SE_DURING_TRAINING,
                    FIRST_RETURN, LAST_RETURN_SE, TRAIN_LOSS_Z, TRAIN_LOSS_GOAL)
     # The parts a model's loss reports beside the total (``model.loss`` returns them by these names) → their keys.
-    LOSS_PARTS = {"loss_z": TRAIN_LOSS_Z, "loss_goal": TRAIN_LOSS_GOAL}
+    LOSS_PARTS: ClassVar[dict[str, str]] = {"loss_z": TRAIN_LOSS_Z, "loss_goal": TRAIN_LOSS_GOAL}
     CURVE = EVAL_RETURN
 
 
