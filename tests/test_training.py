@@ -1,6 +1,7 @@
 """dmh train / evaluate: exact resume, determinism, run status, bad configurations, the paper's metrics in MLflow."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,3 +342,15 @@ def test_evaluate_refuses_a_negative_seed_in_one_line_before_any_work(workdir, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--seeds must be non-negative integers, got 1 -2" in err
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_trial_restored_elsewhere_at_its_last_update_still_keeps_and_logs_its_checkpoint(workdir, tmp_path):
+    """A sweep's driver killed after a trial's final checkpoint reached Tune: the restored trial has nothing left to
+    train, and must still write its checkpoint where the run keeps it (its artifact) before the final evaluation."""
+    finished = train_run(smoke(steps=2))
+    kept = tmp_path / "restored.pt"
+    shutil.copy(finished.checkpoint, kept)
+    shutil.rmtree(finished.checkpoint.parent)  # another worker: the run's own folder is not there
+    again = train_run(smoke(steps=2), resume_from=kept)
+    assert again.checkpoint.exists() and again.steps == 2
+    assert again.run_id == finished.run_id  # the same MLflow run, finished

@@ -243,6 +243,9 @@ class Trainer:
             if stop_after is not None and updates >= stop_after:
                 return None
         self.train_seconds += time.perf_counter() - timer
+        if not self.checkpoint_path.exists():  # resumed from a checkpoint kept elsewhere (a Tune trial restored on
+            # another worker) that had already reached the last update: nothing trained, so nothing saved here yet
+            save_checkpoint(self.checkpoint_path, self.state())
         evaluation = self.evaluate()
         return TrainResult(self.run_id, self.checkpoint_path, self.last_loss, evaluation, self.train_seconds,
                            self.step)
