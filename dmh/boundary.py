@@ -238,6 +238,7 @@ OPTIONS: dict[str, Rule] = {
     "--first-seed": SEED,  # and --first-seed + --seeds within SEED (dmh.sweep.plan)
     "--storage": CheckedPath("dmh.sweep.plan.check_storage: a local folder or a URI, created and probed"),
     "--experiment": Text(),
+    "--cells": Given("dmh.sweep.plan.select_cells: KEY=VALUE[,VALUE] naming the grid's cells"),
     "--ray-address": Given("dmh.sweep.ray_session.connect_ray: reachable before Ray joins it"),
     "--cpus-per-trial": Real(0.0),  # and what the Ray cluster's nodes have (dmh.sweep.ray_session)
     "--gpus-per-trial": Real(0.0, open_low=False),  # idem

@@ -152,17 +152,19 @@ WINDOW = ContextSpec(kind="history", n_context=4, stride=1, sampling="window", e
                      window=50)
 
 
-def test_history_windows_start_at_every_step_of_an_episode_and_carry_the_step_before_them(histories):
+def test_history_windows_start_at_every_step_of_an_episode_are_full_and_carry_the_step_before_them(histories):
+    """Darkroom Hard's learners end many episodes early at the goal, so n + 1 episodes often hold fewer steps than a
+    window: online the window is full once that many steps are played, and so is every training window."""
     s = sampler(histories, WINDOW)
     contexts, leads = s.sample_contexts(400)
-    assert all(len(c) <= 50 for c in contexts) and any(len(c) == 50 for c in contexts)
+    assert all(len(c) == 50 for c in contexts)
+    assert max(len(np.unique(s.episode_of_step[c])) for c in contexts) > 5  # more than n + 1 episodes were needed
     first_steps = {int(s.timestep[c[0]]) for c in contexts}
     assert first_steps == set(range(20))  # every phase of a 20-step episode, as the online window meets them
+    history_start = s.starts[[h[0] for h in s.histories]]
     for steps, lead in zip(contexts, leads, strict=True):
-        assert (np.diff(steps) > 0).all() and len(np.unique(s.episode_of_step[steps])) <= 5  # play order, <= n + 1
-        if s.timestep[steps[0]] == 0:
-            continue  # a window at an episode start may follow a strided gap: any lead is the previous played step
-        assert lead == steps[0] - 1  # mid-episode: the step the learner played just before
+        assert (np.diff(steps) > 0).all()  # play order
+        assert lead == (-1 if steps[0] in history_start else steps[0] - 1)  # the step played just before (stride 1)
     batch = s.collate(contexts, leads)
     mid = torch.from_numpy(s.timestep[[c[0] for c in contexts]] > 0)
     assert not batch["episode_start"][mid, 0].any()  # a window that starts mid-episode starts no episode
@@ -170,6 +172,22 @@ def test_history_windows_start_at_every_step_of_an_episode_and_carry_the_step_be
     assert torch.equal(batch["prev_actions"][mid, 0], lead_actions[mid])
     inside = batch["mask"][:, 1:]
     assert torch.equal(batch["prev_actions"][:, 1:][inside], batch["actions"][:, :-1][inside])
+
+
+def test_strided_history_windows_hold_every_stride_th_episode_and_lead_with_the_one_before(histories):
+    s = sampler(histories, dataclasses.replace(WINDOW, stride=3))
+    contexts, leads = s.sample_contexts(300)
+    assert all(len(c) == 50 for c in contexts)
+    for steps, lead in zip(contexts, leads, strict=True):
+        episodes = np.unique(s.episode_of_step[steps])
+        assert (np.diff(episodes) == 3).all()  # histories' episode ids are consecutive in play order
+        if s.timestep[steps[0]] > 0:
+            assert lead == steps[0] - 1
+        elif lead >= 0:  # at an episode start: the last step of the episode three before it
+            assert s.episode_of_step[lead] == episodes[0] - 3 and s.last_step[lead]
+        else:  # none: fewer than three episodes of its history before it
+            history = s.histories[s.episode_of_history[episodes[0]]]
+            assert np.searchsorted(history, episodes[0]) < 3
 
 
 def test_ad_transformer_meets_online_exactly_the_windows_it_trains_on(monkeypatch):

@@ -388,6 +388,32 @@ def test_first_seed_shifts_every_cells_seeds_so_a_campaign_can_add_seeds_later(w
     assert seeds == [3, 3, 4, 4]  # c = 1 and c = 5, each at seeds 3 and 4
 
 
+def test_cells_selects_the_grids_cells_by_algo_task_or_swept_value_so_some_can_be_rerun(workdir, monkeypatch):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)
+    grid = importlib.import_module("sweeps.grid_world")
+    args = common.build_parser(grid.SWEEP).parse_args(
+        ["--cells", "algo=ad-transformer", "--cells", "task=darkroom-hard,key-to-door"])
+    picked = sorted((t["config"]["algo"], t["config"]["task"]) for t in common.plan(grid.SWEEP, args).trials)
+    assert picked == [("ad-transformer", "darkroom-hard"), ("ad-transformer", "key-to-door")]
+    c_sweep = importlib.import_module("sweeps.c_sensitivity")
+    args = common.build_parser(c_sweep.SWEEP).parse_args(["--preset", "smoke", "--cells", "c=5"])
+    assert [t["config"]["c"] for t in common.plan(c_sweep.SWEEP, args).trials] == [5]
+
+
+@pytest.mark.parametrize(("cells", "message"), [
+    ("algo", "--cells algo: expected KEY=VALUE[,VALUE]"),
+    ("colour=red", "this grid's cells have no 'colour'; they have algo, c, seed, task"),
+    ("c=7", "no cell has c in {7}; this grid's c: 1, 5"),
+])
+def test_cells_that_name_nothing_in_the_grid_fail_before_ray_starts(workdir, monkeypatch, capsys, cells, message):
+    monkeypatch.setattr(common, "connect_ray", _no_ray)
+    script = importlib.import_module("sweeps.c_sensitivity")
+    assert common.main(script.SWEEP, ["--preset", "smoke", "--cells", cells]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_the_cpu_c_sweep_decodes_the_same_number_of_steps_per_context_at_every_c(workdir, monkeypatch):
     from dmh.sweep import plan as plan_module
 

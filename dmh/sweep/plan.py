@@ -18,7 +18,7 @@ from dmh.boundary import MAX_SWEEP_SEEDS, SEED, Parser, parse
 from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 from dmh.errors import DmhError
 from dmh.io import check_writable_dir
-from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, PRESETS, Sweep, SweepError
+from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, PRESETS, Sweep, SweepError, Trial
 from dmh.tracking import check_store, default_tracking_uri
 from dmh.training.config import make_config, parse_sets
 from dmh.vocabulary import D4RL_TASKS
@@ -65,6 +65,9 @@ def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
                         help="folder of the D4RL HDF5 files (default $D4RL_DATASET_DIR or ~/.d4rl/datasets)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a dmh setting for every trial (as in `dmh train --set`), e.g. steps=500")
+    parser.add_argument("--cells", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
+                        help="run only the grid's cells whose KEY (algo, task, seed or a swept setting such as c) is "
+                             "one of the VALUEs, e.g. --cells algo=ad-transformer (repeat: every one must hold)")
     if sweep.add_arguments is not None:
         sweep.add_arguments(parser)
     return parser
@@ -131,7 +134,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
             raise SweepError(f"--resume: no sweep to restore at {path} (check --storage, --name and --preset)")
         return Plan(trials=[], **shared)
     args.seeds = range(args.first_seed, args.first_seed + args.seeds)  # what the grids iterate
-    cells = sweep.grid(args)
+    cells = select_cells(sweep.grid(args), args.cells)
     if not cells:
         raise SweepError(f"the {args.preset} grid of {sweep.name} is empty: nothing to run")
     # Later entries win: the cell's swept values over the preset's, --set over both, and what only the driver can
@@ -160,6 +163,29 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
     trials = [dict(config=dataclasses.asdict(cfg), sweep=sweep.name, sweep_run=path, tracking_uri=tracking_uri,
                    env=env, oom_is_result=sweep.oom_is_result) for cfg in configs]
     return Plan(trials=trials, **shared)
+
+
+def select_cells(cells: list[Trial], selections: Sequence[str]) -> list[Trial]:
+    """The cells every ``--cells KEY=VALUE[,VALUE]`` selection holds for (values compared as written)."""
+    for selection in selections:
+        key, sep, values = selection.partition("=")
+        if not sep or not key or not values:
+            raise SweepError(f"--cells {selection}: expected KEY=VALUE[,VALUE]")
+        keys = {"algo", "task", "seed"} | {k for cell in cells for k in cell.sets}
+        if key not in keys:
+            raise SweepError(f"--cells {selection}: this grid's cells have no {key!r}; they have "
+                             f"{', '.join(sorted(keys))}")
+        wanted = set(values.split(","))
+        held = {str(cell_value(cell, key)) for cell in cells}
+        if not wanted & held:
+            raise SweepError(f"--cells {selection}: no cell has {key} in {{{values}}}; this grid's {key}: "
+                             f"{', '.join(sorted(held))}")
+        cells = [cell for cell in cells if str(cell_value(cell, key)) in wanted]
+    return cells
+
+
+def cell_value(cell: Trial, key: str) -> Any:
+    return getattr(cell, key) if key in ("algo", "task", "seed") else cell.sets.get(key)
 
 
 def sweep_exists(path: str) -> bool:

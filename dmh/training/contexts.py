@@ -39,8 +39,8 @@ class ContextSpec:
     episode_len: int  # episode: steps per window
     rtg_scale: float  # returns-to-go are divided by this
     rtg_relabel: bool = False  # sorted: every episode's return-to-go relabelled to start at the context's best return
-    window: int = 0  # history: steps per context, taken from any step of n + 1 strided episodes (0 = n whole
-    # episodes from an episode start)
+    window: int = 0  # history: steps per context, from any step of a run of strided episodes, as many as fill it
+    # (0 = n whole episodes from an episode start)
 
 
 class ContextSampler:
@@ -65,6 +65,7 @@ class ContextSampler:
         self.episode_of_step = episode_of_step  # [N]
         histories = data.episode_history
         self.histories = [np.flatnonzero(histories == h) for h in np.unique(histories)]  # episode ids per history
+        self.episode_of_history = np.searchsorted(np.unique(histories), histories)  # [E] index into histories
 
     def _history_episodes(self, count: int | None = None) -> np.ndarray:
         """``count`` (default n) episode ids from one random history: a strided window (in play order) or random
@@ -85,11 +86,46 @@ class ContextSampler:
     def _offset_window(self) -> tuple[np.ndarray, int]:
         """A history window of ``spec.window`` steps starting at any step of the first of n + 1 strided episodes
         (every phase of an episode, so every window the online policy holds once its window slides), and the step
-        before it (-1 where the window starts at the first episode's start: nothing before it in play order)."""
-        episodes = self._history_episodes(self.spec.n_context + 1)
-        steps = self._steps_of(episodes)
+        before it (-1 where the window starts at the history's first step: nothing before it in play order).
+
+        The window is always full, as online once ``window`` steps are played: where n + 1 episodes hold fewer steps
+        than it needs (episodes that end early, as a learner's later episodes on Darkroom Hard or Key-to-Door),
+        further episodes of the same stride follow, and where the history ends first, the window is its last
+        ``window`` steps at that stride."""
+        s = self.spec
+        episodes = self._history_episodes(s.n_context + 1)
         offset = int(self.rng.integers(self.lengths[episodes[0]]))
-        return steps[offset: offset + self.spec.window], int(steps[offset - 1]) if offset else -1
+        history = self.histories[int(self.episode_of_history[episodes[0]])]
+        stride = max(int(np.diff(np.searchsorted(history, episodes[:2]))[0]), 1)  # in the history's play order
+        if self.lengths[episodes].sum() < offset + s.window:
+            first = episodes[0]
+            episodes = self._strided_run(history, first, stride, offset + s.window)
+            if episodes[0] != first:  # extended backwards: the history's last steps at this stride
+                offset = max(int(self.lengths[episodes].sum()) - s.window, 0)
+        steps = self._steps_of(episodes)
+        before = int(steps[offset - 1]) if offset else self._step_before(history, episodes[0], stride)
+        return steps[offset: offset + s.window], before
+
+    def _strided_run(self, history: np.ndarray, first: int, stride: int, needed: int) -> np.ndarray:
+        """Episodes of ``history`` at ``stride`` from ``first`` on until they hold ``needed`` steps; where the
+        history ends before that, its last episodes at that stride that hold them (or all it has)."""
+        row = history[(int(np.searchsorted(history, first)) % stride)::stride]  # the history at this stride
+        start = int(np.searchsorted(row, first))
+        held = np.cumsum(self.lengths[row[start:]])
+        last = int(np.searchsorted(held, needed))  # the first episode at which ``needed`` steps are held
+        if last < len(held):
+            return row[start: start + last + 1]
+        back = np.cumsum(self.lengths[row[::-1]])
+        count = min(int(np.searchsorted(back, needed)) + 1, len(row))
+        return row[len(row) - count:]
+
+    def _step_before(self, history: np.ndarray, episode: int, stride: int) -> int:
+        """The last step of the episode ``stride`` before ``episode`` in ``history`` (-1: none)."""
+        position = int(np.searchsorted(history, episode)) - stride
+        if position < 0:
+            return -1
+        previous = history[position]
+        return int(self.starts[previous] + self.lengths[previous] - 1)
 
     def _steps_of(self, episodes: np.ndarray) -> np.ndarray:
         return np.concatenate([np.arange(self.starts[e], self.starts[e] + self.lengths[e]) for e in episodes])
