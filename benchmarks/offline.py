@@ -132,9 +132,8 @@ def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
             cfg = make_config(algo, s.preset_task, "cpu", sets=[f"threads={threads}", f"run_dir={run_dir}", *sets])
             trainer = Trainer(cfg)
             seconds = median_seconds(trainer.train_step, s.preset_updates, warmup=3)
-            setup = trainer.setup
-            context = (setup.n_context * setup.spec.horizon if algorithm(algo).context != "episode"
-                       else trainer.model_cfg.context_len)
+            context = (cfg.n_context * cfg.spec.horizon if algorithm(algo).context != "episode"
+                       else cfg.model.context_len)
             note = f"Trainer.train_step() on {s.preset_task}"
             rows.append(row(PART, PRESET + label, Metric.UPDATE_S, seconds, s.preset_updates, context,
                             cfg.batch_size, note))

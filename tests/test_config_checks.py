@@ -10,7 +10,15 @@ from dmh.cli import main
 from dmh.errors import DmhError
 from dmh.models import ALGORITHMS
 from dmh.tracking.run import flatten_params
-from dmh.training.config import FIELD_BOUNDS, MODEL_FIELD_BOUNDS, TrainConfig, check_value, make_config
+from dmh.training.config import (
+    DEFAULTS,
+    FIELD_BOUNDS,
+    MODEL_FIELD_BOUNDS,
+    TrainConfig,
+    check_value,
+    config_from_dict,
+    make_config,
+)
 from dmh.training.run import run_params
 from dmh.training.train import Trainer
 
@@ -24,7 +32,9 @@ def numeric(hint):
 def test_every_config_field_has_a_type_check_and_every_number_a_range():
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        check_value(field.name, getattr(TrainConfig(), field.name), hints[field.name], FIELD_BOUNDS.get(field.name))
+        if field.name == "model":  # the model config: its own fields, below
+            continue
+        check_value(field.name, DEFAULTS[field.name], hints[field.name], FIELD_BOUNDS.get(field.name))
         assert not numeric(hints[field.name]) or field.name in FIELD_BOUNDS, f"{field.name} has no bounds"
 
 
@@ -133,19 +143,48 @@ def test_a_model_override_of_c_is_the_setting_c_refused_by_the_same_check():
 
 def test_a_model_override_of_a_run_setting_is_what_the_run_names_logs_and_builds(workdir):
     cfg = make_config("dmh", "darkroom", "smoke", sets=["model.c=4", "model.valuable_subgoals=false"])
-    assert (cfg.c, cfg.valuable_subgoals) == (4, False) and not set(cfg.model) & {"c", "valuable_subgoals"}
+    assert (cfg.c, cfg.valuable_subgoals) == (4, False)
     trainer = Trainer(cfg)
-    assert (trainer.model_cfg.c, trainer.model_cfg.valuable_subgoals) == (4, False)
-    assert "_c4_" in trainer.setup.run_name
+    assert (trainer.model.cfg.c, trainer.model.cfg.valuable_subgoals) == (4, False)
+    assert "_c4_" in cfg.run_name
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_the_logged_params_equal_the_settings_the_model_was_built_with(workdir, algo):
     trainer = Trainer(make_config(algo, "darkroom", "smoke", sets=["model.c=4"]))
     params = flatten_params(run_params(trainer))
-    built = dataclasses.asdict(trainer.model_cfg)
+    built = dataclasses.asdict(trainer.model.cfg)
     assert {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")} == \
         {k: str(v) for k, v in built.items()}
     for field in ("c", "valuable_subgoals"):
         if field in built:
             assert params[field] == str(built[field])
+
+
+def test_a_config_is_resolved_once_frozen_and_rebuilt_from_its_dict_as_it_is():
+    cfg = make_config("ad-transformer", "darkroom-hard", "cpu")
+    assert (cfg.n_context, cfg.c, cfg.history_window, cfg.dt_context_len) == (cfg.spec.n_context, cfg.spec.c,
+                                                                            "any_offset", cfg.spec.horizon)
+    assert cfg.model.context_len == cfg.n_context * cfg.spec.horizon  # built once, from the resolved n
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.c = 3  # type: ignore[misc]
+    again = config_from_dict(dataclasses.asdict(cfg))
+    assert again == cfg and again.run_name == cfg.run_name
+
+
+@pytest.mark.parametrize(("algo", "setting", "message"), [
+    ("dmh", "model.rtg_scale=5", "model.rtg_scale is set by the task"),
+    ("dt", "model.context_len=5", "model.context_len is set by dt_context_len"),
+    ("dmh", "model.obs_dim=3", "model.obs_dim is set by the task"),
+])
+def test_model_fields_the_run_sets_cannot_be_overridden_apart_from_what_the_contexts_use(algo, setting, message):
+    with pytest.raises(DmhError, match=message):
+        make_config(algo, "darkroom", "smoke", sets=[setting])
+
+
+def test_a_config_whose_model_disagrees_with_its_run_settings_cannot_be_made():
+    cfg = make_config("dmh", "darkroom", "smoke")
+    with pytest.raises(DmhError, match="model config disagrees with the run's c"):
+        dataclasses.replace(cfg, c=4)
+    with pytest.raises(DmhError, match="not a resolved config"):
+        TrainConfig(**DEFAULTS)

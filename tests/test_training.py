@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from dmh.cli import main
 from dmh.errors import DmhError
 from dmh.training.checkpoint import load_checkpoint, restore_rng, rng_state
-from dmh.training.config import make_config, torch_device
+from dmh.training.config import config_from_dict, make_config, torch_device
 from dmh.training.contexts import to_device
 from dmh.training.run import train_run
 from dmh.training.train import Trainer
@@ -298,7 +298,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(workdir):
 def test_set_values_are_typed_like_the_field_they_override():
     cfg = make_config("dmh", "darkroom", "smoke", sets=["lr=2e-3", "steps=7", "valuable_subgoals=false",
                                                          "dataset_path=null", "model.d_model=24"])
-    assert (cfg.lr, cfg.steps, cfg.valuable_subgoals, cfg.dataset_path, cfg.model["d_model"]) == (
+    assert (cfg.lr, cfg.steps, cfg.valuable_subgoals, cfg.dataset_path, cfg.model.d_model) == (
         0.002, 7, False, None, 24)
 
 
@@ -308,10 +308,14 @@ def test_a_checkpoint_of_format_1_with_the_old_block_size_name_still_loads_and_e
     run = Trainer(smoke("dmh", steps=2, checkpoint_every=2, c=3))
     run.fit()
     payload = load_checkpoint(run.checkpoint_path)
-    old_config = dict(payload["model_config"])
-    old_config["block_size"] = old_config.pop("c")
-    torch.save({**payload, "format": 1, "model_config": old_config}, run.checkpoint_path)
-    model = model_from_checkpoint(load_checkpoint(run.checkpoint_path))
+    old_model = dict(payload["config"]["model"])
+    old_model["block_size"] = old_model.pop("c")
+    old_config = {**payload["config"], "model": {"d_model": old_model["d_model"]},
+                  "history_window": "auto", "context_sampling": "auto", "dt_context_len": 0}  # then: overrides
+    torch.save({**payload, "format": 1, "config": old_config, "model_config": old_model}, run.checkpoint_path)
+    loaded = load_checkpoint(run.checkpoint_path)
+    assert config_from_dict(loaded["config"]) == run.cfg  # the settings it left to the task, filled in as today
+    model = model_from_checkpoint(loaded)
     assert model.cfg.c == 3
     assert all(torch.equal(v, run.model.state_dict()[k]) for k, v in model.state_dict().items())
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from dmh.sweep.plan import Plan
 from dmh.tracking import TrackedRun, open_client
-from dmh.training.config import TrainConfig, resolve
+from dmh.training.config import TrainConfig
 from dmh.vocabulary import Metric, Outcome, Tag
 
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's system tag: the UI nests a run under the run it names
@@ -122,7 +122,7 @@ def record_out_of_memory(cfg: TrainConfig, uri: str, tags: dict[str, str], exc: 
     run_id = found[0].info.run_id if found else None
     params = None if run_id else dataclasses.asdict(cfg)
     tags = {**tags, Tag.TASK: cfg.task, Tag.ALGO: cfg.algo, Tag.STATUS_DETAIL: Outcome.OUT_OF_MEMORY}
-    with TrackedRun(cfg.experiment, run_name=resolve(cfg).run_name, params=params, run_id=run_id, tracking_uri=uri,
+    with TrackedRun(cfg.experiment, run_name=cfg.run_name, params=params, run_id=run_id, tracking_uri=uri,
                     tags=tags) as run:
         run.log_metrics({Metric.OOM: 1.0}, step=0)
         run.log_text(f"{type(exc).__name__}: {exc}\n", "out_of_memory.txt")

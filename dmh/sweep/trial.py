@@ -31,7 +31,7 @@ from dmh.sweep.bookkeeping import (
 )
 from dmh.tracking.run import SYSTEM_METRICS_SWITCH
 from dmh.training.checkpoint import load_checkpoint
-from dmh.training.config import TrainConfig, config_from_dict, resolve
+from dmh.training.config import TrainConfig, config_from_dict
 from dmh.training.run import evaluate_checkpoint, train_run
 from dmh.vocabulary import Metric, Outcome, Tag
 
@@ -130,7 +130,7 @@ def run_trial(config: dict[str, Any], session: TrialSession, parent_run_id: str 
     # Tune kept is the one to continue. A retry in the same folder may also find one written but not yet reported.
     # Paths are relative to the trial's working folder (Tune's cwd for the trial), and per trial in case it is not.
     resume_from = session.restore(Path("dmh-restored") / trial_id)
-    local = resolve(cfg).checkpoint_path
+    local = cfg.checkpoint_path
     if resume_from is None and local.exists():
         resume_from = local
     run_id = load_checkpoint(resume_from)["run_id"] if resume_from is not None else None

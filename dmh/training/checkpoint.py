@@ -17,9 +17,12 @@ from torch import nn
 from dmh.errors import DmhError
 from dmh.io import atomic_path
 from dmh.models import build_model, config_class
+from dmh.tasks import resolve_task
+from dmh.training.config import DEFAULTS, task_defaults
 from dmh.vocabulary import RUNTIME_FIELDS
 
-CHECKPOINT_FORMAT = 2  # 2: DM-H's model config names the block size c (format 1 called it block_size)
+CHECKPOINT_FORMAT = 3  # 3: the config is the resolved run, its model config inside (2 kept the model config beside
+# a config of overrides; 1 also called DM-H's c block_size)
 
 
 def rng_state(sampler_rng: np.random.Generator, device: torch.device | None = None) -> dict[str, Any]:
@@ -65,17 +68,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
         raise DmhError(f"{path} is not a readable dmh checkpoint: {str(exc).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") not in (1, CHECKPOINT_FORMAT):
+    if not isinstance(payload, dict) or payload.get("format") not in (1, 2, CHECKPOINT_FORMAT):
         raise DmhError(f"{path} is not a dmh checkpoint of format {CHECKPOINT_FORMAT}")
-    if payload["format"] == 1 and "block_size" in payload.get("model_config", {}):
-        payload["model_config"]["c"] = payload["model_config"].pop("block_size")
+    if payload["format"] < CHECKPOINT_FORMAT:
+        upgrade(payload)
     return payload
+
+
+def upgrade(payload: dict[str, Any]) -> None:
+    """A format 1 or 2 checkpoint as format 3: the model config it kept beside its config goes inside it, and the
+    settings it left to the task are filled in by today's rules (what those versions did for every setting but
+    ``history_window``, whose ``auto`` was ``aligned`` for every AD before the any-offset windows)."""
+    model = payload.pop("model_config")
+    if "block_size" in model:  # format 1
+        model["c"] = model.pop("block_size")
+    config = payload["config"]
+    config["history_window"] = "aligned" if config.get("history_window", "auto") == "auto" else config["history_window"]
+    config.update(task_defaults({**DEFAULTS, **config}, resolve_task(config["task"])), model=model)
+    payload["format"] = CHECKPOINT_FORMAT
 
 
 def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights strictly."""
     algo = payload["algo"]
-    model = build_model(algo, config_class(algo)(**payload["model_config"]))
+    model = build_model(algo, config_class(algo)(**payload["config"]["model"]))
     load_weights(model, payload["model"], "checkpoint")
     return model
 

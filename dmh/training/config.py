@@ -1,9 +1,12 @@
-"""One training configuration: a dataclass with a comment per field, presets as data, a YAML file and ``key=value``
-overrides on top, validated as a whole before any work starts. The resolved configuration is saved with every run."""
+"""One run's configuration: a frozen dataclass with a comment per field, presets as data, a YAML file and
+``key=value`` settings on top, checked and resolved in one step (:func:`make_config`) before any work starts: the
+task's defaults filled in and the model's config built, so that what is named, checked, logged, checkpointed and
+trained is one object. It is saved with every run and rebuilt from its dict (:func:`config_from_dict`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -11,7 +14,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +25,7 @@ from dmh.boundary import GENERATED_BYTES_PER_STEP, check_memory
 from dmh.data.histories import history_config
 from dmh.data.tmaze import TMazeDataConfig
 from dmh.errors import DmhError
-from dmh.models import ALGORITHMS, algorithm, config_class
+from dmh.models import ALGORITHMS, ContextShape, ModelConfig, algorithm, config_class
 from dmh.tasks import TaskSpec, resolve_task, test_tasks
 from dmh.vocabulary import RUNTIME_FIELDS
 
@@ -32,10 +35,11 @@ ALGOS = tuple(ALGORITHMS)
 EVAL_SEED_OFFSET = 10_000  # a run's own evaluations use seed + this (TrainConfig.eval_seed)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``dmh train`` needs; None in n_context / c and 0 in history_stride / dt_context_len mean "the task
-    default"."""
+    """Everything ``dmh train`` needs, resolved: made by :func:`make_config`, which fills in the task's defaults
+    (None in n_context / c, auto in history_window / context_sampling, 0 in dt_context_len: below) and builds the
+    model config; constructing one checks every field (:func:`check_config`), so every instance is a valid run."""
 
     algo: str = "dmh"  # dmh | dm | dt | ad-transformer | ad-mamba
     task: str = "darkroom"  # Grid World family, tmaze-<L>, or a D4RL dataset name
@@ -52,8 +56,10 @@ class TrainConfig:
     # clipped on its own (DM-H's Mamba and local GPT sides, as the authors' code; other models have one network)
     # --- across-episodic context ---
     n_context: int | None = None  # episodes per context (AD, DM-H); None = the paper's n for the task
-    c: int | None = None  # DM-H steps per sub-goal (block size); None = the paper's c for the task
-    valuable_subgoals: bool = True  # DM-H's valuable-sub-goal branch and its loss (off = the paper's ablation)
+    c: int | None = None  # DM-H steps per sub-goal (block size); None = the paper's c for the task (``model.c`` is
+    # this setting too)
+    valuable_subgoals: bool = True  # DM-H's valuable-sub-goal branch and its loss (off = the paper's ablation;
+    # ``model.valuable_subgoals`` is this setting too)
     history_stride: int = 0  # learning-history episodes between consecutive context episodes; 0 = auto (a context
     # spans half a history)
     context_sampling: str = "auto"  # DM-H: "window" (strided history window, sorted by return), "random" (n random
@@ -66,7 +72,8 @@ class TrainConfig:
     rtg_relabel: bool = True  # DM-H: hindsight relabelling, every episode's return-to-go starts at the context's best
     # return (the authors' relabel_rtg; online the policy starts each episode at the target return); matters only
     # where the RTG token is on (D4RL)
-    dt_context_len: int = 0  # DT/DM window in steps; 0 = the whole episode (the paper's Tmaze setting) or 20 (D4RL)
+    dt_context_len: int = 0  # DT/DM window in steps (their model's context_len); 0 = the whole episode (the paper's
+    # Tmaze setting) or 20 (D4RL)
     # --- data ---
     data_steps: int = 1_000_000  # Grid World learning-history budget per family (the paper: 1M)
     data_seed: int = 0  # seed of the data generator (fixed across training seeds so seeds share one dataset)
@@ -84,7 +91,29 @@ class TrainConfig:
     experiment: str = "dmh"  # MLflow experiment
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     device: str = "auto"  # where the model trains and acts: auto (cuda when torch sees a GPU, else cpu), cpu, cuda[:N]
-    model: dict[str, Any] = field(default_factory=dict)  # overrides of the model config (d_model, n_layer, …)
+    model: ModelConfig | None = None  # the model's config, built by make_config from the task, n, c and the model.*
+    # settings (a preset's, a file's, --set model.d_model=…); None only in DEFAULTS, which make_config starts from
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+    @functools.cached_property
+    def spec(self) -> TaskSpec:
+        """The task, resolved once per config object."""
+        return resolve_task(self.task)
+
+    @property
+    def run_name(self) -> str:
+        """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run (on
+        any device and thread count: those do not change what a run computes)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.algo}_{self.task}_n{self.n_context}_c{self.c}_s{self.seed}_{digest}"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where this configuration's checkpoint lives: ``<run_dir>/<run name>/checkpoint.pt``."""
+        return Path(self.run_dir) / self.run_name / "checkpoint.pt"
 
     @property
     def eval_seed(self) -> int:
@@ -120,6 +149,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                              d_conv=4)),
 }
 FIELD_NAMES = {f.name for f in dataclasses.fields(TrainConfig)}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # before any preset
+SETTING_HINTS: dict[str, Any] = typing.get_type_hints(TrainConfig)  # each field's annotation, as check_value reads
 
 
 def parse_value(text: str) -> Any:
@@ -136,9 +167,13 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# Model-config fields that a run fixes for every model (the run's name, its checks and its logged params read them
-# from the TrainConfig): ``model.c`` is the setting ``c``, so it is validated, named and logged as what trains.
+# Model-config fields that are run settings (the run's name, its checks and its logged params read them from the
+# TrainConfig): ``model.c`` is the setting ``c``, so it is checked, named and logged as what trains.
 RUN_FIELDS_IN_MODEL = ("c", "valuable_subgoals")
+# Model-config fields that only the run sets, from the task and its settings: an override would make the model and
+# the contexts it trains on disagree (the model's return scale vs the sampler's, DT's window vs its contexts').
+RUN_OWNED_MODEL_FIELDS = {"obs_dim": "the task", "act_dim": "the task", "discrete": "the task",
+                          "rtg_scale": "the task", "rtg_token": "the task"}
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
@@ -173,10 +208,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = None, config_file: str | None = None,
                 sets: list[str] | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Defaults → preset → YAML file → ``key=value`` strings (``sets``, the command line) → already parsed
-    ``overrides`` (a sweep's cell) → validation. Returns the resolved config."""
+    ``overrides`` (a sweep's cell) → :func:`resolve_settings`. Returns the resolved config."""
     if preset not in PRESETS:
         raise DmhError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    values = dataclasses.asdict(TrainConfig())
+    values = {**DEFAULTS, "model": {}}  # the model's settings gather here as overrides of what the task fixes
     preset_values = dict(PRESETS[preset])
     per_algo = preset_values.pop("algo_model", {})
     apply_overrides(values, preset_values, f"preset {preset}")
@@ -197,49 +232,85 @@ def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = No
     values.update(algo=algo, task=task, preset=preset)
     if seed is not None:
         values["seed"] = seed
-    cfg = TrainConfig(**values)
-    validate(cfg)
+    return resolve_settings(values)
+
+
+def resolve_settings(values: dict[str, Any]) -> TrainConfig:
+    """Settings (the model's as overrides in ``values["model"]``) → the run, in one step: every setting checked,
+    the task's defaults filled in (n, c, AD's window, DM-H's sampling, DT's window), the model config built, and the
+    settings checked against the data they will read. The one place a run is resolved."""
+    model = values["model"]
+    for name, value in values.items():  # a bad value is named as given, before any default replaces it
+        if name != "model":
+            check_field(name, value)
+    spec = resolve_task(values["task"])
+    resolved = task_defaults(values, spec)
+    for name in ("n_context", "c"):
+        check_value(name, resolved[name], int, POSITIVE)
+    settings = {**values, **resolved}
+    cfg = TrainConfig(**{**settings, "model": build_model_config(settings, spec, model)})
+    check_against_data(cfg, planned_episodes_per_history(cfg))
     return cfg
+
+
+def task_defaults(values: Mapping[str, Any], spec: TaskSpec) -> dict[str, Any]:
+    """The settings that ``values`` leave to the task (None, ``auto``, 0), as the task and the algo decide them:
+    the paper's n and c; AD (Transformer)'s windows at any offset, as its online window slides step by step, and
+    AD (Mamba)'s aligned, as its online state holds every step from the task's start (docs/reproduction.md); DM-H's
+    strided history windows on Grid World, random episodes elsewhere; DT's whole episode, or 20 steps on D4RL."""
+    entry = algorithm(values["algo"])
+    return {
+        "n_context": spec.n_context if values["n_context"] is None else values["n_context"],
+        "c": spec.c if values["c"] is None else values["c"],
+        "dt_context_len": values["dt_context_len"] or (20 if spec.kind == "d4rl" else spec.horizon),
+        "history_window": values["history_window"] if values["history_window"] != "auto" else
+        "any_offset" if entry.context == "history" and entry.backbone == "transformer" else "aligned",
+        "context_sampling": values["context_sampling"] if values["context_sampling"] != "auto" else
+        "window" if spec.kind == "grid" else "random",
+    }
+
+
+def build_model_config(settings: Mapping[str, Any], spec: TaskSpec, overrides: Mapping[str, Any]) -> ModelConfig:
+    """The model's config: what the task and the run's settings fix (``ModelConfig.fields_for``), then the
+    model.* settings, each checked against the algo's model-config annotations and ``MODEL_FIELD_BOUNDS``."""
+    algo = settings["algo"]
+    model_cls = config_class(algo)
+    allowed = {f.name for f in dataclasses.fields(model_cls)}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise DmhError(f"model: unknown field(s) {', '.join(unknown)} for algo {algo}")
+    owned = {name: RUN_OWNED_MODEL_FIELDS[name] for name in overrides if name in RUN_OWNED_MODEL_FIELDS}
+    if algorithm(algo).context == "episode" and "context_len" in overrides:
+        owned["context_len"] = "dt_context_len (the window its contexts are cut to)"
+    if owned:
+        raise DmhError("; ".join(f"model.{name} is set by {by}" for name, by in owned.items()))
+    hints = typing.get_type_hints(model_cls)
+    for name, value in overrides.items():
+        check_value(f"model.{name}", value, hints[name], MODEL_FIELD_BOUNDS.get(name))
+    shape = ContextShape(obs_dim=spec.obs_dim, act_dim=spec.act_dim, discrete=spec.discrete, horizon=spec.horizon,
+                         n_context=settings["n_context"], c=settings["c"], episode_window=settings["dt_context_len"],
+                         rtg_scale=spec.rtg_scale, rtg_token=spec.rtg_token,
+                         valuable_subgoals=settings["valuable_subgoals"])
+    return model_cls(**{**model_cls.fields_for(shape), **overrides})
 
 
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
-    """Rebuild a config from ``dataclasses.asdict(cfg)`` (a checkpoint's or a sweep cell's) and validate it."""
+    """A config rebuilt from its own ``dataclasses.asdict`` (a checkpoint's, a sweep trial's): nothing is resolved
+    again, and constructing it checks it."""
     unknown = sorted(set(values) - FIELD_NAMES)
     if unknown:
         raise DmhError(f"unknown setting(s) {', '.join(unknown)}")
-    cfg = TrainConfig(**values)
-    validate(cfg)
-    return cfg
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A config with its task's defaults filled in, computed once per run (:func:`resolve`)."""
-
-    cfg: TrainConfig
-    spec: TaskSpec  # the task
-    n_context: int  # episodes per across-episodic context (the config's, else the paper's for the task)
-    c: int  # DM-H steps per sub-goal (the config's, else the paper's for the task)
-
-    @property
-    def run_name(self) -> str:
-        """Readable and unique per configuration, so ``--resume`` with the same arguments finds the same run (on
-        any device and thread count: those do not change what a run computes)."""
-        fields = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in RUNTIME_FIELDS}
-        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{self.cfg.algo}_{self.cfg.task}_n{self.n_context}_c{self.c}_s{self.cfg.seed}_{digest}"
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """Where this configuration's checkpoint lives: ``<run_dir>/<run name>/checkpoint.pt``."""
-        return Path(self.cfg.run_dir) / self.run_name / "checkpoint.pt"
-
-
-def resolve(cfg: TrainConfig) -> Resolved:
-    """The task spec and the effective n_context and c (the task's unknown names are a ``DmhError``)."""
-    spec = resolve_task(cfg.task)
-    return Resolved(cfg, spec, spec.n_context if cfg.n_context is None else cfg.n_context,
-                    spec.c if cfg.c is None else cfg.c)
+    model = values.get("model")
+    if not isinstance(model, Mapping) or not isinstance(values.get("algo"), str) or values["algo"] not in ALGOS:
+        raise DmhError("not a resolved dmh config: it needs an algo and its whole model config")
+    model_cls = config_class(values["algo"])
+    missing = sorted({f.name for f in dataclasses.fields(model_cls)} - set(model))
+    extra = sorted(set(model) - {f.name for f in dataclasses.fields(model_cls)})
+    if missing or extra:
+        raise DmhError(f"model: not the whole model config of {values['algo']}: "
+                       + "; ".join(w for w in (f"missing {', '.join(missing)}" if missing else "",
+                                               f"unknown {', '.join(extra)}" if extra else "") if w))
+    return TrainConfig(**{**values, "model": model_cls(**model)})
 
 
 @dataclass(frozen=True)
@@ -316,41 +387,51 @@ def check_value(name: str, value: Any, hint: Any, bounds: Bounds | None) -> None
         raise DmhError(f"{name} must be {described}, got {value!r}")
 
 
-def validate(cfg: TrainConfig) -> Resolved:
-    """Reject a bad configuration with a message naming the field, before any work starts; returns it resolved.
+def check_field(name: str, value: Any) -> None:
+    """One setting against its choices (``CHOICES``), its annotation and, for numbers, ``FIELD_BOUNDS``."""
+    if name not in FIELD_NAMES:
+        raise DmhError(f"unknown setting {name!r}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise DmhError(f"{name}: unknown {name} {value!r}; valid: {', '.join(map(str, CHOICES[name]))}")
+    check_value(name, value, SETTING_HINTS[name], FIELD_BOUNDS.get(name))
+    if name == "device":
+        check_device(value)
 
-    Every field is checked against its annotation and, for numbers, ``FIELD_BOUNDS``; names against ``CHOICES``;
-    the model overrides against the algo's model-config annotations and ``MODEL_FIELD_BOUNDS``."""
-    for name, choices in CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise DmhError(f"{name}: unknown {name} {getattr(cfg, name)!r}; valid: {', '.join(choices)}")
-    hints = typing.get_type_hints(TrainConfig)
+
+def check_config(cfg: TrainConfig) -> None:
+    """A resolved config, checked as a whole (every ``TrainConfig`` is, when constructed): each setting by
+    :func:`check_field`, the task's defaults filled in, the model config of the algo, each of its fields typed and
+    in ``MODEL_FIELD_BOUNDS``, and agreeing with the run's settings it was built from. A ``DmhError`` names the
+    field."""
     for f in dataclasses.fields(TrainConfig):
-        check_value(f.name, getattr(cfg, f.name), hints[f.name], FIELD_BOUNDS.get(f.name))
-    check_device(cfg.device)
-    setup = resolve(cfg)
-    spec, c = setup.spec, setup.c
-    check_value("c", c, int, POSITIVE)
-    check_value("n_context", setup.n_context, int, POSITIVE)
-    if cfg.algo == "dmh" and c > spec.horizon:
-        raise DmhError(f"c={c} is longer than an episode of {spec.name} ({spec.horizon} steps)")
+        if f.name != "model":
+            check_field(f.name, getattr(cfg, f.name))
+    unresolved = [name for name in ("n_context", "c") if getattr(cfg, name) is None]
+    unresolved += [name for name in ("history_window", "context_sampling") if getattr(cfg, name) == "auto"]
+    if unresolved or not cfg.dt_context_len or cfg.model is None:
+        raise DmhError(f"not a resolved config ({', '.join(unresolved) or 'model'} left to the task): make it with "
+                       "make_config")
+    if cfg.algo == "dmh" and cfg.c > cfg.spec.horizon:
+        raise DmhError(f"c={cfg.c} is longer than an episode of {cfg.spec.name} ({cfg.spec.horizon} steps)")
     model_cls = config_class(cfg.algo)
-    allowed = {f.name for f in dataclasses.fields(model_cls)} - {"obs_dim", "act_dim", "discrete"}
-    unknown = sorted(set(cfg.model) - allowed)
-    if unknown:
-        raise DmhError(f"model: unknown field(s) {', '.join(unknown)} for algo {cfg.algo}")
-    model_hints = typing.get_type_hints(model_cls)
-    for name, value in cfg.model.items():
-        check_value(f"model.{name}", value, model_hints[name], MODEL_FIELD_BOUNDS.get(name))
-    check_against_data(setup, planned_episodes_per_history(setup))
-    return setup
+    if type(cfg.model) is not model_cls:
+        raise DmhError(f"model: a {type(cfg.model).__name__} is not the model config of algo {cfg.algo}")
+    hints = typing.get_type_hints(model_cls)
+    for f in dataclasses.fields(model_cls):
+        check_value(f"model.{f.name}", getattr(cfg.model, f.name), hints[f.name], MODEL_FIELD_BOUNDS.get(f.name))
+    disagree = [name for name in RUN_FIELDS_IN_MODEL
+                if hasattr(cfg.model, name) and getattr(cfg.model, name) != getattr(cfg, name)]
+    if algorithm(cfg.algo).context == "episode" and cfg.model.context_len != cfg.dt_context_len:
+        disagree.append("dt_context_len (model.context_len)")
+    if disagree:
+        raise DmhError(f"model config disagrees with the run's {', '.join(disagree)}")
 
 
 # ------------------------------------------------------------------------------------ settings against the data
-def planned_episodes_per_history(setup: Resolved) -> int | None:
+def planned_episodes_per_history(cfg: TrainConfig) -> int | None:
     """Episodes per learning history of the data a run will generate (Grid World, T-maze), known from its settings
     before any is generated; None for data read from a file (D4RL, ``dataset_path``), known once loaded."""
-    cfg, spec = setup.cfg, setup.spec
+    spec = cfg.spec
     if cfg.dataset_path is not None or spec.kind == "d4rl":
         return None
     if spec.kind == "tmaze":
@@ -359,16 +440,16 @@ def planned_episodes_per_history(setup: Resolved) -> int | None:
     return data.steps // (data.num_tasks * data.histories_per_task * spec.horizon)  # as generate_histories splits it
 
 
-def check_against_data(setup: Resolved, episodes_per_history: int | None) -> None:
+def check_against_data(cfg: TrainConfig, episodes_per_history: int | None) -> None:
     """The context fits the data it is drawn from, and an evaluation has something to play: before any data is
-    generated where the data's shape follows from the settings (:func:`validate`), and once loaded otherwise
-    (``Trainer``). A context longer than a history would repeat its last episode over and over, and train on
-    until killed."""
-    cfg, spec = setup.cfg, setup.spec
+    generated where the data's shape follows from the settings (:func:`resolve_settings`), and once loaded
+    otherwise (``Trainer``). A context longer than a history would repeat its last episode over and over, and train
+    on until killed."""
+    spec = cfg.spec
     if algorithm(cfg.algo).context != "episode" and episodes_per_history is not None \
-            and setup.n_context > episodes_per_history:
+            and cfg.n_context > episodes_per_history:
         source = f"with data_steps={cfg.data_steps}" if spec.kind == "grid" else "in its data"
-        raise DmhError(f"n_context={setup.n_context} is more episodes than a learning history of {spec.name} holds "
+        raise DmhError(f"n_context={cfg.n_context} is more episodes than a learning history of {spec.name} holds "
                        f"({episodes_per_history} {source}): lower n_context"
                        + (" or raise data_steps" if spec.kind == "grid" else ""))
     if algorithm(cfg.algo).context == "episode" and cfg.dt_context_len > spec.horizon:

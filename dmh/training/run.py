@@ -16,10 +16,9 @@ from dmh.data.d4rl import normalized_score
 from dmh.errors import DmhError
 from dmh.evaluation.online import EvalResult, evaluate_online
 from dmh.models import scan_backend
-from dmh.tasks import resolve_task
 from dmh.tracking import TrackedRun, default_tracking_uri, run_tags
 from dmh.training.checkpoint import load_checkpoint, model_from_checkpoint
-from dmh.training.config import TrainConfig, to_yaml, torch_device, validate
+from dmh.training.config import TrainConfig, config_from_dict, to_yaml, torch_device
 from dmh.training.train import Trainer, TrainResult, nothing_to_resume, offline_hours_per_10k
 from dmh.vocabulary import Metric, Tag
 
@@ -27,12 +26,9 @@ log = logging.getLogger("dmh")
 
 
 def run_params(trainer: Trainer) -> dict[str, Any]:
-    """Every resolved config field, with the effective n and c, the env id and the Mamba backend the model takes."""
-    setup = trainer.setup
-    params = dataclasses.asdict(trainer.cfg)
-    params.update(n_context=setup.n_context, c=setup.c, env=setup.spec.env_id, backend=scan_backend(trainer.model))
-    params["model"] = dataclasses.asdict(trainer.model_cfg)
-    return params
+    """The resolved config as the run trained it (its model config inside), with the env id and the Mamba backend
+    the model takes."""
+    return {**dataclasses.asdict(trainer.cfg), "env": trainer.spec.env_id, "backend": scan_backend(trainer.model)}
 
 
 def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dict[str, float]:
@@ -64,18 +60,17 @@ def train_run(cfg: TrainConfig, resume: bool = False, tracking_uri: str | None =
     instead (a Ray Tune trial restored on another worker); ``on_checkpoint`` is called after every checkpoint is
     written (path, step, metrics).
     """
-    setup = validate(cfg)
-    own = setup.checkpoint_path
+    own = cfg.checkpoint_path
     if resume_from is None and resume and not own.exists():
         if not start_if_missing:
-            raise DmhError(nothing_to_resume(setup))
+            raise DmhError(nothing_to_resume(cfg))
         log.warning("nothing to resume for these settings (no %s): starting a new run", own)
     elif resume_from is None and not resume and own.exists():
         raise DmhError(f"{own} already exists: pass --resume to continue that run, or change --seed / run_dir")
     trainer = Trainer(cfg, on_checkpoint=on_checkpoint)
     if resume or resume_from is not None:
         trainer.resume_if_possible(resume_from)
-    name = trainer.setup.run_name
+    name = cfg.run_name
     # the device the run trains on (by default the tag names the machine's first GPU, even for a run on its CPU)
     device = run_tags(str(trainer.device))["device"]
     with TrackedRun(cfg.experiment, run_name=name, params=run_params(trainer), run_id=trainer.run_id,
@@ -98,10 +93,9 @@ def evaluate_checkpoint(checkpoint: str | Path, tracking_uri: str | None = None,
     protocol (``TrainConfig.eval_seed``), whose result is logged back to its run; another seed (a measure of how
     much one evaluation varies) is never logged, so the run's recorded final evaluation stays the protocol's."""
     payload = load_checkpoint(checkpoint)
-    cfg = TrainConfig(**payload["config"])
+    cfg = config_from_dict(payload["config"])
     model = model_from_checkpoint(payload).to(torch_device("auto"))  # this machine's GPU if it has one
-    spec = resolve_task(cfg.task)
-    result = evaluate_online(model, spec, payload["obs_mean"].numpy(), payload["obs_std"].numpy(),
+    result = evaluate_online(model, cfg.spec, payload["obs_mean"].numpy(), payload["obs_std"].numpy(),
                              n_tasks=n_tasks or cfg.eval_tasks, episodes=episodes or cfg.eval_episodes,
                              seed=cfg.eval_seed if seed is None else seed, sample=cfg.eval_sample)
     if log_to_run and seed is None and payload.get("run_id"):

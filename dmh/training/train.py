@@ -21,9 +21,9 @@ from dmh.data.format import EpisodeDataset
 from dmh.errors import DmhError
 from dmh.evaluation.online import EvalResult, evaluate_online
 from dmh.io import check_writable_dir
-from dmh.models import ContextShape, ModelConfig, algorithm, build_model
+from dmh.models import algorithm, build_model
 from dmh.progress import progress
-from dmh.tasks import TaskSpec, task_dataset
+from dmh.tasks import task_dataset
 from dmh.training.checkpoint import (
     config_differences,
     load_checkpoint,
@@ -31,7 +31,7 @@ from dmh.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from dmh.training.config import Resolved, TrainConfig, check_against_data, torch_device, validate
+from dmh.training.config import TrainConfig, check_against_data, torch_device
 from dmh.training.contexts import ContextSampler, ContextSpec, to_device
 from dmh.vocabulary import Metric
 
@@ -45,39 +45,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_config(setup: Resolved) -> ModelConfig:
-    """The model's config dataclass for this run: what the task and context fix, then the preset's overrides."""
-    cfg, spec = setup.cfg, setup.spec
-    shape = ContextShape(obs_dim=spec.obs_dim, act_dim=spec.act_dim, discrete=spec.discrete, horizon=spec.horizon,
-                         n_context=setup.n_context, c=setup.c, episode_window=episode_window(cfg, spec),
-                         rtg_scale=spec.rtg_scale, rtg_token=spec.rtg_token, valuable_subgoals=cfg.valuable_subgoals)
-    config_cls = algorithm(cfg.algo).config
-    return config_cls(**{**config_cls.fields_for(shape), **cfg.model})
-
-
-def episode_window(cfg: TrainConfig, spec: TaskSpec) -> int:
-    """DT/DM window: the whole episode (the paper's Tmaze setting; Grid World episodes are short) or 20 for D4RL."""
-    return cfg.dt_context_len or (20 if spec.kind == "d4rl" else spec.horizon)
-
-
-def history_window(cfg: TrainConfig) -> str:
-    """How AD's training contexts start (``TrainConfig.history_window``): ``auto`` is ``any_offset`` where the online
-    context is a window that slides step by step (a transformer over the history), else ``aligned``."""
-    if cfg.history_window != "auto":
-        return cfg.history_window
-    entry = algorithm(cfg.algo)
-    return "any_offset" if entry.context == "history" and entry.backbone == "transformer" else "aligned"
-
-
-def context_spec(setup: Resolved, data: EpisodeDataset, model_cfg: ModelConfig) -> ContextSpec:
-    cfg, spec, n = setup.cfg, setup.spec, setup.n_context
+def context_spec(cfg: TrainConfig, data: EpisodeDataset) -> ContextSpec:
+    """How the run's contexts are drawn from ``data``: everything from the resolved config, except the history
+    stride's default, which follows the data (a context spans half a history)."""
+    n = cfg.n_context
     per_history = max(1, data.num_episodes // max(1, len(np.unique(data.episode_history))))
     stride = cfg.history_stride or max(1, per_history // (2 * n))
-    sampling = cfg.context_sampling if cfg.context_sampling != "auto" else "window" if spec.kind == "grid" else "random"
     kind = algorithm(cfg.algo).context
-    window = model_cfg.context_len if kind == "history" and history_window(cfg) == "any_offset" else 0
-    return ContextSpec(kind=kind, n_context=n, stride=stride, sampling=sampling, episode_len=episode_window(cfg, spec),
-                       rtg_scale=spec.rtg_scale, rtg_relabel=cfg.rtg_relabel, window=window)
+    window = cfg.model.context_len if kind == "history" and cfg.history_window == "any_offset" else 0
+    return ContextSpec(kind=kind, n_context=n, stride=stride, sampling=cfg.context_sampling,
+                       episode_len=cfg.dt_context_len, rtg_scale=cfg.spec.rtg_scale, rtg_relabel=cfg.rtg_relabel,
+                       window=window)
 
 
 def clip_groups(model: torch.nn.Module, scope: str) -> list[list[torch.nn.Parameter]]:
@@ -112,8 +90,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, tracker: Any = None,
                  on_checkpoint: Callable[[Path, int, dict[str, float]], None] | None = None) -> None:
-        self.setup = validate(cfg)  # the task resolved once for the whole run
-        self.spec = self.setup.spec
+        self.spec = cfg.spec
         self.device = torch_device(cfg.device)  # before any work: cuda on a machine without it fails here
         check_writable_dir(Path(cfg.run_dir), "run_dir")
         self.cfg = cfg
@@ -125,18 +102,17 @@ class Trainer:
         self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path,
                                  Path(cfg.data_dir) if cfg.data_dir else None)
         # data read from a file (D4RL, dataset_path): its histories are known only now, before a model is built
-        check_against_data(self.setup, self.data.num_episodes // self.data.counts()["histories"])
+        check_against_data(cfg, self.data.num_episodes // self.data.counts()["histories"])
         self.obs_mean, self.obs_std = observation_stats(self.data)
-        self.model_cfg = model_config(self.setup)
-        self.sampler = ContextSampler(self.data, context_spec(self.setup, self.data, self.model_cfg), self.obs_mean,
-                                      self.obs_std, seed=cfg.seed)
-        self.model = build_model(cfg.algo, self.model_cfg).to(self.device)
+        self.sampler = ContextSampler(self.data, context_spec(cfg, self.data), self.obs_mean, self.obs_std,
+                                      seed=cfg.seed)
+        self.model = build_model(cfg.algo, cfg.model).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min((s + 1) / warmup, 1.0))
         self.step = 0
         self.train_seconds = 0.0
-        self.checkpoint_path = self.setup.checkpoint_path
+        self.checkpoint_path = cfg.checkpoint_path
         self.run_dir = self.checkpoint_path.parent
         self.run_id: str | None = None
         self.last_loss = math.nan
@@ -147,7 +123,6 @@ class Trainer:
         return {
             "algo": self.cfg.algo,
             "config": dataclasses.asdict(self.cfg),
-            "model_config": dataclasses.asdict(self.model_cfg),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -251,15 +226,14 @@ class Trainer:
                            self.step)
 
 
-def nothing_to_resume(setup: Resolved) -> str:
-    """Why ``--resume`` finds no checkpoint for ``setup``: with the checkpoint of the same algo, task and seed that
+def nothing_to_resume(cfg: TrainConfig) -> str:
+    """Why ``--resume`` finds no checkpoint for ``cfg``: with the checkpoint of the same algo, task and seed that
     ``run_dir`` holds (the latest), the settings by which it differs; a changed setting changes the run's name."""
-    cfg = setup.cfg
     who = f"{cfg.algo} / {cfg.task} / seed {cfg.seed}"
     found = sorted(Path(cfg.run_dir).glob(f"{cfg.algo}_{cfg.task}_n*_c*_s{cfg.seed}_*/checkpoint.pt"),
                    key=lambda path: path.stat().st_mtime)
     if not found:
-        return (f"--resume: nothing to resume: no checkpoint {setup.checkpoint_path}, and none for {who} in "
+        return (f"--resume: nothing to resume: no checkpoint {cfg.checkpoint_path}, and none for {who} in "
                 f"{cfg.run_dir}; start a new run without --resume (or with --resume-or-start)")
     saved, now = load_checkpoint(found[-1])["config"], dataclasses.asdict(cfg)
     changed = []
@@ -270,7 +244,7 @@ def nothing_to_resume(setup: Resolved) -> str:
                         if old.get(k) != new.get(k)]
         else:
             changed.append(f"{key} {saved.get(key)!r} (now {now.get(key)!r})")
-    return (f"--resume: no checkpoint for these settings ({setup.checkpoint_path}); the checkpoint of {who} at "
+    return (f"--resume: no checkpoint for these settings ({cfg.checkpoint_path}); the checkpoint of {who} at "
             f"{found[-1]} was made with other settings: {', '.join(changed) or 'none (another dmh version?)'}. "
             "Resume with those settings, or start a new run without --resume (or with --resume-or-start)")
 
