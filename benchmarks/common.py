@@ -29,8 +29,8 @@ from dmh.models import ModelConfig, algorithm, config_class
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Metric:
-    """The metric names a row may carry, each with its unit (`UNITS`)."""
+class Measure:
+    """What a benchmark row measures, with its unit (`UNITS`); MLflow's metric names are `dmh.vocabulary.Metric`."""
 
     STEP_MS = "step_ms"  # wall time of one environment step through the policy (act + observe)
     EPISODES_MIN = "episodes_min"  # Table 4's online testing time: minutes for 10 online episodes
@@ -50,10 +50,10 @@ class Metric:
 
 
 UNITS = {
-    Metric.STEP_MS: "ms", Metric.EPISODES_MIN: "min", Metric.UPDATE_S: "s",
-    Metric.HOURS_PER_10K: "h", Metric.PRESET_MIN: "min", Metric.FWD_BWD_S: "s", Metric.PEAK_MIB: "MiB",
-    Metric.TOKEN_US: "us", Metric.STEPS_PER_S: "steps/s", Metric.SWEEP_WALL_S: "s", Metric.TRIALS: "trials",
-    Metric.TRIAL_S: "s", Metric.SCHEDULING_S_PER_TRIAL: "s", Metric.CPU_S: "s", Metric.CPU_UTILISATION: "%",
+    Measure.STEP_MS: "ms", Measure.EPISODES_MIN: "min", Measure.UPDATE_S: "s",
+    Measure.HOURS_PER_10K: "h", Measure.PRESET_MIN: "min", Measure.FWD_BWD_S: "s", Measure.PEAK_MIB: "MiB",
+    Measure.TOKEN_US: "us", Measure.STEPS_PER_S: "steps/s", Measure.SWEEP_WALL_S: "s", Measure.TRIALS: "trials",
+    Measure.TRIAL_S: "s", Measure.SCHEDULING_S_PER_TRIAL: "s", Measure.CPU_S: "s", Measure.CPU_UTILISATION: "%",
 }
 
 
@@ -70,7 +70,7 @@ class Row:
     model: str  # what was measured, e.g. "DM-H" or, for a ratio, "DM-H / AD (Mamba)"
     context: int | None  # context length in environment steps (scan: tokens); None where it does not apply
     batch: int | None  # rows per call (environments, contexts, sequences); None where it does not apply
-    metric: str  # a Metric name, or ratio_of(a Metric name)
+    metric: str  # a Measure name, or ratio_of(a Measure name)
     value: float  # median over the repetitions (or the ratio)
     unit: str  # UNITS[metric]; "x" for a ratio
     repetitions: int  # timed repetitions behind the median (a ratio: the fewer of its two)

@@ -11,7 +11,7 @@ import gymnasium
 import numpy as np
 
 import dmh.envs  # noqa: F401  (registers the dmh/ environments with gymnasium)
-from benchmarks.common import Metric, Row, format_table, median_seconds, number, ratio_label, ratio_of, row
+from benchmarks.common import Measure, Row, format_table, median_seconds, number, ratio_label, ratio_of, row
 from dmh.data.histories import generate_histories, history_config
 
 PART = "data"
@@ -62,11 +62,11 @@ def gym_steps_per_s(steps: int, repetitions: int) -> float:
 
 def run(s: DataSettings, threads: int) -> list[Row]:
     rate, learners = generator_steps_per_s(s.history_steps, s.repetitions)
-    generator = row(PART, GENERATOR, Metric.STEPS_PER_S, rate, s.repetitions, None, learners,
+    generator = row(PART, GENERATOR, Measure.STEPS_PER_S, rate, s.repetitions, None, learners,
                     f"{s.history_steps} steps budget on Darkroom, Q-learning updates included")
-    loop = row(PART, GYM_LOOP, Metric.STEPS_PER_S, gym_steps_per_s(s.gym_steps, s.repetitions), s.repetitions,
+    loop = row(PART, GYM_LOOP, Measure.STEPS_PER_S, gym_steps_per_s(s.gym_steps, s.repetitions), s.repetitions,
                None, 1, f"{s.gym_steps} steps of {ENV_ID}, resets included")
-    speedup = row(PART, ratio_label(GENERATOR, GYM_LOOP), ratio_of(Metric.STEPS_PER_S), generator.value / loop.value,
+    speedup = row(PART, ratio_label(GENERATOR, GYM_LOOP), ratio_of(Measure.STEPS_PER_S), generator.value / loop.value,
                   s.repetitions)
     return [generator, loop, speedup]
 

@@ -20,7 +20,7 @@ import torch
 from benchmarks.common import (
     LABELS,
     SEPARATE,
-    Metric,
+    Measure,
     Row,
     median_seconds,
     paper_config,
@@ -120,7 +120,7 @@ def memory_rows(s: OfflineSettings, threads: int) -> list[Row]:
         return []
     note = (f"one forward + backward over one context; target < {MEMORY_TARGET_MIB} MiB at 20000 steps"
             + ("" if result["exact_peak"] else "; peak of the whole process (no /proc/self/clear_refs)"))
-    return [row(PART, LABELS["dmh"], Metric.PEAK_MIB, result["peak_mib"], 1, s.memory_context, 1, note)]
+    return [row(PART, LABELS["dmh"], Measure.PEAK_MIB, result["peak_mib"], 1, s.memory_context, 1, note)]
 
 
 def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
@@ -135,15 +135,15 @@ def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
             context = (cfg.n_context * cfg.spec.horizon if algorithm(algo).context != "episode"
                        else cfg.model.context_len)
             note = f"Trainer.train_step() on {s.preset_task}"
-            rows.append(row(PART, PRESET + label, Metric.UPDATE_S, seconds, s.preset_updates, context,
+            rows.append(row(PART, PRESET + label, Measure.UPDATE_S, seconds, s.preset_updates, context,
                             cfg.batch_size, note))
-            rows.append(row(PART, PRESET + label, Metric.PRESET_MIN, seconds * cfg.steps / 60,
+            rows.append(row(PART, PRESET + label, Measure.PRESET_MIN, seconds * cfg.steps / 60,
                             s.preset_updates, context, cfg.batch_size, f"{cfg.steps} updates x update_s"))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     keys = sorted({(r.context, r.batch) for r in rows})
     pairs = [(PRESET + a, PRESET + b) for a, b in PRESET_PAIRS]
-    return rows + ratio_rows(rows, pairs, Metric.UPDATE_S, keys)
+    return rows + ratio_rows(rows, pairs, Measure.UPDATE_S, keys)
 
 
 def run(s: OfflineSettings, threads: int) -> list[Row]:
@@ -154,10 +154,10 @@ def run(s: OfflineSettings, threads: int) -> list[Row]:
             micro = MICRO_BATCH.get(label)
             seconds = paper_update_seconds(algo, context, s, micro, **fields)
             note = f"gradient accumulated over micro-batches of {micro} (memory)" if micro else ""
-            rows.append(row(PART, label, Metric.UPDATE_S, seconds, s.repetitions, context, s.batch_size, note))
-            rows.append(row(PART, label, Metric.HOURS_PER_10K, seconds * 10_000 / 3600, s.repetitions,
+            rows.append(row(PART, label, Measure.UPDATE_S, seconds, s.repetitions, context, s.batch_size, note))
+            rows.append(row(PART, label, Measure.HOURS_PER_10K, seconds * 10_000 / 3600, s.repetitions,
                             context, s.batch_size))
-    rows += ratio_rows(rows, RATIOS, Metric.UPDATE_S, [(c, s.batch_size) for c in s.contexts])
+    rows += ratio_rows(rows, RATIOS, Measure.UPDATE_S, [(c, s.batch_size) for c in s.contexts])
     rows += memory_rows(s, threads)
     if s.preset:
         rows += preset_rows(s, threads)
@@ -171,17 +171,17 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
                              if b in PAPER_HOURS)
     parts = [
         wide_table(f"Offline: s per update, paper-sized models, synthetic batch of {s.batch_size} contexts", rows,
-                   models, Metric.UPDATE_S, s.contexts, [s.batch_size]),
+                   models, Measure.UPDATE_S, s.contexts, [s.batch_size]),
         wide_table("Offline: hours per 10k updates (Table 4's unit) at this batch", rows, models,
-                   Metric.HOURS_PER_10K, s.contexts, [s.batch_size],
+                   Measure.HOURS_PER_10K, s.contexts, [s.batch_size],
                    notes=[f"Paper (Table 4, HalfCheetah, 4000 steps, GPU, its batch): {paper}."]),
         wide_table("Offline: ratios of the update times above", rows, [ratio_label(*p) for p in RATIOS],
-                   ratio_of(Metric.UPDATE_S), s.contexts, [s.batch_size], notes=[f"Paper: {paper_ratios}."]),
+                   ratio_of(Measure.UPDATE_S), s.contexts, [s.batch_size], notes=[f"Paper: {paper_ratios}."]),
     ]
-    memory = [r for r in rows if r.metric == Metric.PEAK_MIB]
+    memory = [r for r in rows if r.metric == Measure.PEAK_MIB]
     if memory:
         parts.append(wide_table("Offline: peak MiB one DM-H forward + backward adds (batch 1)", memory,
-                                [LABELS["dmh"]], Metric.PEAK_MIB, [memory[0].context], [1],
+                                [LABELS["dmh"]], Measure.PEAK_MIB, [memory[0].context], [1],
                                 notes=[memory[0].note + "."], digits=4))
     preset = [r for r in rows if r.model.startswith(PRESET)]
     if preset:
@@ -190,11 +190,11 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
         labels = [PRESET + LABELS[a] for a in PRESET_ALGOS] + [PRESET + v for v in PRESET_VARIANTS]
         parts += [
             wide_table(f"Offline: s per update, cpu preset on {s.preset_task} (Trainer.train_step)", preset, labels,
-                       Metric.UPDATE_S, contexts, batches),
-            wide_table("Offline: minutes for the cpu preset's updates", preset, labels, Metric.PRESET_MIN, contexts,
+                       Measure.UPDATE_S, contexts, batches),
+            wide_table("Offline: minutes for the cpu preset's updates", preset, labels, Measure.PRESET_MIN, contexts,
                        batches),
             wide_table("Offline: ratios, cpu preset", preset,
-                       [ratio_label(PRESET + a, PRESET + b) for a, b in PRESET_PAIRS], ratio_of(Metric.UPDATE_S),
+                       [ratio_label(PRESET + a, PRESET + b) for a, b in PRESET_PAIRS], ratio_of(Measure.UPDATE_S),
                        contexts, batches),
         ]
     return "\n".join(parts)

@@ -27,7 +27,7 @@ from benchmarks.common import (
     OBS_DIM,
     REENCODING,
     SEPARATE_REENCODING,
-    Metric,
+    Measure,
     Row,
     find,
     format_table,
@@ -194,7 +194,7 @@ def stepped_rows(label: str, policy: Policy, batch: int, s: OnlineSettings, wind
             note = f"window of {window} steps full: every step slides it and re-encodes {window - 1} steps"
         else:
             seconds, reps, note = rollout.seconds_per_step(s.runs, s.steps_per_run), s.runs, ""
-        rows.append(row(PART, label, Metric.STEP_MS, seconds * 1e3, reps, context, batch, note))
+        rows.append(row(PART, label, Measure.STEP_MS, seconds * 1e3, reps, context, batch, note))
     return rows
 
 
@@ -206,7 +206,7 @@ def hop_rows(batch: int, s: OnlineSettings) -> list[Row]:
     for context in s.hop_contexts.get(batch, ()):
         rollout.advance_to(context)
         seconds = rollout.seconds_per_step(1, HOP)
-        rows.append(row(PART, KV_HOP, Metric.STEP_MS, seconds * 1e3, 1, context, batch,
+        rows.append(row(PART, KV_HOP, Measure.STEP_MS, seconds * 1e3, 1, context, batch,
                         f"one cycle of {HOP} steps timed (one re-encode of {model.cfg.context_len - HOP} steps in it); "
                         f"attends to the last {model.cfg.context_len - HOP + 1}-{model.cfg.context_len} steps"))
     return rows
@@ -222,7 +222,7 @@ def reencoding_rows(model: nn.Module, batch: int, s: OnlineSettings, label: str 
         policy.prefill(context, EPISODE_LEN)
         rollout.steps = context
         seconds = rollout.seconds_per_step(s.slow_steps, 1)
-        rows.append(row(PART, label, Metric.STEP_MS, seconds * 1e3, s.slow_steps, context, batch,
+        rows.append(row(PART, label, Measure.STEP_MS, seconds * 1e3, s.slow_steps, context, batch,
                         f"a full forward over the last min(context + 1, {model.cfg.context_len}) steps per step"
                         + (" (3 tokens each)" if model.cfg.tokens == "separate" else "")))
     return rows
@@ -233,7 +233,7 @@ def single_episode_rows(algo: str, batch: int, s: OnlineSettings) -> list[Row]:
     rollout = Rollout(policy_of(build(algo), batch), batch)
     rollout.advance_to(DT_WINDOW)
     seconds = rollout.seconds_per_step(s.runs, s.steps_per_run)
-    return [row(PART, LABELS[algo], Metric.STEP_MS, seconds * 1e3, s.runs, DT_WINDOW, batch,
+    return [row(PART, LABELS[algo], Measure.STEP_MS, seconds * 1e3, s.runs, DT_WINDOW, batch,
                 f"single episode: K = {DT_WINDOW}-step window, full from step {DT_WINDOW} on")]
 
 
@@ -252,18 +252,18 @@ def protocol_rows(s: OnlineSettings) -> list[Row]:
     for algo in ("dmh", "ad-mamba"):
         rollout = Rollout(policy_of(build(algo), 1), 1, episode)
         seconds = median_seconds(lambda r=rollout: r.play(total), repetitions=1, warmup=0)
-        rows.append(row(PART, LABELS[algo], Metric.EPISODES_MIN, seconds / 60, 1, window, 1,
+        rows.append(row(PART, LABELS[algo], Measure.EPISODES_MIN, seconds / 60, 1, window, 1,
                         f"{total} steps timed as one rollout"))
     hopping = build("ad-transformer", context_len=window, window_hop=window // 4)
     rollout = Rollout(policy_of(hopping, 1), 1, episode)
     seconds = median_seconds(lambda: rollout.play(total), repetitions=1, warmup=0)
-    rows.append(row(PART, KV_HOP, Metric.EPISODES_MIN, seconds / 60, 1, window, 1,
+    rows.append(row(PART, KV_HOP, Measure.EPISODES_MIN, seconds / 60, 1, window, 1,
                     f"{total} steps timed as one rollout, hop {window // 4}"))
     model = build("ad-transformer", context_len=window)
     rollout = Rollout(policy_of(model, 1), 1, episode)
     fill = median_seconds(lambda: rollout.play(window), repetitions=1, warmup=0)
     slide = rollout.seconds_per_step(s.slow_steps, 1)
-    rows.append(row(PART, KV_CACHE, Metric.EPISODES_MIN, (fill + (total - window) * slide) / 60, s.slow_steps, window,
+    rows.append(row(PART, KV_CACHE, Measure.EPISODES_MIN, (fill + (total - window) * slide) / 60, s.slow_steps, window,
                     1, f"first {window} steps timed; the other {total - window} projected from the median sliding "
                        "step"))
     lengths = [round(window * k / s.protocol_points) for k in range(1, s.protocol_points + 1)]
@@ -276,10 +276,10 @@ def protocol_rows(s: OnlineSettings) -> list[Row]:
         costs.append(reencoding.seconds_per_step(s.slow_steps, 1))
     encoded = np.minimum(np.arange(1, total + 1), window)  # steps each of the rollout's forwards covers
     minutes = float(np.interp(encoded, lengths, costs).sum()) / 60
-    rows.append(row(PART, REENCODING, Metric.EPISODES_MIN, minutes, s.slow_steps, window, 1,
+    rows.append(row(PART, REENCODING, Measure.EPISODES_MIN, minutes, s.slow_steps, window, 1,
                     f"projected: the step cost measured at {len(lengths)} context lengths up to {window}, "
                     f"interpolated over the {total} steps"))
-    return rows + ratio_rows(rows, PROTOCOL_RATIOS, Metric.EPISODES_MIN, [(window, 1)])
+    return rows + ratio_rows(rows, PROTOCOL_RATIOS, Measure.EPISODES_MIN, [(window, 1)])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def run(s: OnlineSettings, threads: int) -> list[Row]:
         for algo in ("dt", "dm"):
             rows += single_episode_rows(algo, batch, s)
     keys = [(c, b) for b in s.batches for c in s.contexts]
-    rows += ratio_rows(rows, RATIOS, Metric.STEP_MS, keys)
+    rows += ratio_rows(rows, RATIOS, Measure.STEP_MS, keys)
     return rows + protocol_rows(s)
 
 
@@ -310,7 +310,7 @@ def table(rows: list[Row], s: OnlineSettings) -> str:
     contexts = [DT_WINDOW, *s.contexts]
     window = 4 * s.protocol_episode_len
     steps = wide_table(
-        "Online: ms per environment step (act + observe), context filled first", rows, models, Metric.STEP_MS,
+        "Online: ms per environment step (act + observe), context filled first", rows, models, Measure.STEP_MS,
         contexts, s.batches, notes=[
             f"DT and DM hold one episode: their context is their K = {DT_WINDOW}-step window (column {DT_WINDOW}).",
             f"{KV_CACHE}: the project's policy, window {AD_WINDOW} steps; at {AD_WINDOW} the window is full and every",
@@ -322,15 +322,15 @@ def table(rows: list[Row], s: OnlineSettings) -> str:
             f"{SEPARATE_REENCODING}: the same with AD's (s, a, r) as three tokens per step (tokens=separate).",
         ])
     ratios = wide_table("Online: ratios of the per-step costs above", rows, [ratio_label(*p) for p in RATIOS],
-                        ratio_of(Metric.STEP_MS), s.contexts, s.batches)
+                        ratio_of(Measure.STEP_MS), s.contexts, s.batches)
     body, notes = [], []
     for label in (LABELS["dmh"], LABELS["ad-mamba"], KV_CACHE, KV_HOP, REENCODING):
-        r = find(rows, label, Metric.EPISODES_MIN, window, 1)
+        r = find(rows, label, Measure.EPISODES_MIN, window, 1)
         paper = PAPER_MINUTES.get(label) if window == AD_WINDOW else None
         body.append([label, number(r.value if r else None), number(paper)])
         notes.append(f"{label}: {r.note if r else 'not measured'}.")
     for pair in PROTOCOL_RATIOS:
-        r = find(rows, ratio_label(*pair), ratio_of(Metric.EPISODES_MIN), window, 1)
+        r = find(rows, ratio_label(*pair), ratio_of(Measure.EPISODES_MIN), window, 1)
         top, bottom = PAPER_MINUTES.get(pair[0]), PAPER_MINUTES.get(pair[1])
         paper = top / bottom if window == AD_WINDOW and top and bottom else None
         body.append([f"{ratio_label(*pair)} (x)", number(r.value if r else None), number(paper)])

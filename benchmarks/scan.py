@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import (
-    Metric,
+    Measure,
     Row,
     find,
     format_table,
@@ -155,36 +155,36 @@ def run(s: ScanSettings, threads: int) -> list[Row]:
     for name, length in cases:
         timed = run_case(name, length, "time", s, threads)
         if timed is not None:
-            rows.append(row(PART, name, Metric.FWD_BWD_S, timed["seconds"], s.repetitions, length, s.batch))
+            rows.append(row(PART, name, Measure.FWD_BWD_S, timed["seconds"], s.repetitions, length, s.batch))
     for batch in s.step_batches:
         for name in (STEP_OURS, STEP_MAMBAPY):
-            rows.append(row(PART, name, Metric.TOKEN_US, step_us(name, batch, s), s.step_runs, None, batch,
+            rows.append(row(PART, name, Measure.TOKEN_US, step_us(name, batch, s), s.step_runs, None, batch,
                             f"runs of {s.step_tokens} tokens, d_model {s.d_inner // 2}"))
     with ThreadPoolExecutor(max_workers=s.memory_jobs) as pool:
         memory = list(pool.map(lambda case: run_case(*case, "memory", s, threads), cases))
     for (name, length), result in zip(cases, memory, strict=True):
         if result is not None:
             note = "" if result["exact_peak"] else "peak of the whole process (no /proc/self/clear_refs)"
-            rows.append(row(PART, name, Metric.PEAK_MIB, result["peak_mib"], 1, length, s.batch, note))
+            rows.append(row(PART, name, Measure.PEAK_MIB, result["peak_mib"], 1, length, s.batch, note))
     keys = [(length, s.batch) for length in s.lengths]
-    rows += ratio_rows(rows, RATIOS, Metric.FWD_BWD_S, keys) + ratio_rows(rows, RATIOS, Metric.PEAK_MIB, keys)
-    return rows + ratio_rows(rows, [(STEP_OURS, STEP_MAMBAPY)], Metric.TOKEN_US, [(None, b) for b in s.step_batches])
+    rows += ratio_rows(rows, RATIOS, Measure.FWD_BWD_S, keys) + ratio_rows(rows, RATIOS, Measure.PEAK_MIB, keys)
+    return rows + ratio_rows(rows, [(STEP_OURS, STEP_MAMBAPY)], Measure.TOKEN_US, [(None, b) for b in s.step_batches])
 
 
 def table(rows: list[Row], s: ScanSettings) -> str:
     shape = f"B {s.batch}, d_inner {s.d_inner}, d_state {s.d_state}; columns: L tokens"
     ratio_names = [ratio_label(*p) for p in RATIOS]
     return "\n".join([
-        wide_table(f"Scan: s per forward + backward ({shape})", rows, SCANS, Metric.FWD_BWD_S, s.lengths, [s.batch],
+        wide_table(f"Scan: s per forward + backward ({shape})", rows, SCANS, Measure.FWD_BWD_S, s.lengths, [s.batch],
                    notes=[f"selective_scan: chunks of 64 tokens (checkpointed: the models' default); the reference "
                           f"is skipped above {s.reference_max} tokens;", f"median of {s.repetitions} passes, after "
                           f"one untimed pass up to {s.warmup_max_length} tokens."]),
-        wide_table(f"Scan: peak MiB added by one forward + backward ({shape})", rows, SCANS, Metric.PEAK_MIB,
+        wide_table(f"Scan: peak MiB added by one forward + backward ({shape})", rows, SCANS, Measure.PEAK_MIB,
                    s.lengths, [s.batch], notes=["Resident-set high-water mark minus the resident size before, with "
                                                 "glibc returning every allocation over 64 KiB", "when freed "
                                                 "(benchmarks/scan.py): the peak of the live tensors."], digits=4),
-        wide_table("Scan: ratios of the times", rows, ratio_names, ratio_of(Metric.FWD_BWD_S), s.lengths, [s.batch]),
-        wide_table("Scan: ratios of the peak memory", rows, ratio_names, ratio_of(Metric.PEAK_MIB), s.lengths,
+        wide_table("Scan: ratios of the times", rows, ratio_names, ratio_of(Measure.FWD_BWD_S), s.lengths, [s.batch]),
+        wide_table("Scan: ratios of the peak memory", rows, ratio_names, ratio_of(Measure.PEAK_MIB), s.lengths,
                    [s.batch]),
         step_table(rows, s),
     ])
@@ -193,10 +193,10 @@ def table(rows: list[Row], s: ScanSettings) -> str:
 def step_table(rows: list[Row], s: ScanSettings) -> str:
     body = []
     for batch in s.step_batches:
-        for name, metric in ((STEP_OURS, Metric.TOKEN_US), (STEP_MAMBAPY, Metric.TOKEN_US),
-                             (ratio_label(STEP_OURS, STEP_MAMBAPY), ratio_of(Metric.TOKEN_US))):
+        for name, metric in ((STEP_OURS, Measure.TOKEN_US), (STEP_MAMBAPY, Measure.TOKEN_US),
+                             (ratio_label(STEP_OURS, STEP_MAMBAPY), ratio_of(Measure.TOKEN_US))):
             r = find(rows, name, metric, None, batch)
-            body.append([name, str(batch), number(r.value if r else None), "x" if metric != Metric.TOKEN_US else "µs"])
+            body.append([name, str(batch), number(r.value if r else None), "x" if metric != Measure.TOKEN_US else "µs"])
     return format_table(f"Scan: one token through one block's recurrent step (d_model {s.d_inner // 2})",
                         ["", "batch", "value", "unit"], body)
 

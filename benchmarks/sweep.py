@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, Metric, Row, format_table, number, row
+from benchmarks.common import REPO_ROOT, Measure, Row, format_table, number, row
 
 PART = "sweep"
 SCRIPT = "sweeps/c_sensitivity.py"
@@ -44,9 +44,9 @@ MODEL = "c_sensitivity --preset smoke"
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 TICKS = os.sysconf("SC_CLK_TCK")  # the unit of the CPU times in /proc/PID/stat
 SAMPLE_S = 0.2  # how often the sweep's processes are read
-LABELS = {Metric.SWEEP_WALL_S: "sweep wall time", Metric.TRIALS: "trials", Metric.TRIAL_S: "time inside trials",
-          Metric.SCHEDULING_S_PER_TRIAL: "outside trials, per trial", Metric.CPU_S: "CPU time",
-          Metric.CPU_UTILISATION: "CPU utilisation"}
+LABELS = {Measure.SWEEP_WALL_S: "sweep wall time", Measure.TRIALS: "trials", Measure.TRIAL_S: "time inside trials",
+          Measure.SCHEDULING_S_PER_TRIAL: "outside trials, per trial", Measure.CPU_S: "CPU time",
+          Measure.CPU_UTILISATION: "CPU utilisation"}
 
 
 @dataclass(frozen=True)
@@ -151,15 +151,15 @@ def run(s: SweepSettings, threads: int) -> list[Row]:
     concurrency = min(trials, cores)
     leftover = f"; {killed} left-over process(es) killed after {s.reap_s:.0f} s" if killed else ""
     return [
-        row(PART, MODEL, Metric.SWEEP_WALL_S, wall, 1,
+        row(PART, MODEL, Measure.SWEEP_WALL_S, wall, 1,
             note=f"subprocess start to the exit of its last process, {cores} cores{leftover}"),
-        row(PART, MODEL, Metric.TRIALS, trials, 1, note=f"{s.seeds} seed(s) x c in {{1, 5}}, one CPU each"),
-        row(PART, MODEL, Metric.TRIAL_S, sum(inside), 1, note="sum of the trials' Tune time_total_s"),
-        row(PART, MODEL, Metric.SCHEDULING_S_PER_TRIAL, (wall * concurrency - sum(inside)) / trials, 1,
+        row(PART, MODEL, Measure.TRIALS, trials, 1, note=f"{s.seeds} seed(s) x c in {{1, 5}}, one CPU each"),
+        row(PART, MODEL, Measure.TRIAL_S, sum(inside), 1, note="sum of the trials' Tune time_total_s"),
+        row(PART, MODEL, Measure.SCHEDULING_S_PER_TRIAL, (wall * concurrency - sum(inside)) / trials, 1,
             note=f"(wall x concurrency {concurrency} - time inside trials) / trials"),
-        row(PART, MODEL, Metric.CPU_S, cpu_s, 1,
+        row(PART, MODEL, Measure.CPU_S, cpu_s, 1,
             note=f"user + system of the sweep and every process below it, read from /proc every {SAMPLE_S} s"),
-        row(PART, MODEL, Metric.CPU_UTILISATION, 100 * cpu_s / (wall * cores), 1,
+        row(PART, MODEL, Measure.CPU_UTILISATION, 100 * cpu_s / (wall * cores), 1,
             note=f"CPU time / (wall time x {cores} cores)"),
     ]
 
