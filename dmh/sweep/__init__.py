@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from dmh.sweep.declare import DEFAULT_SEEDS, PRESETS, Sweep, SweepError, Trial, product
+from dmh.sweep.declare import DEFAULT_SEEDS, Sweep, SweepError, Trial, product
 from dmh.sweep.plan import Plan, build_parser
 from dmh.sweep.ray_session import connect_ray
 from dmh.sweep.tuner import EXIT_BAD_ARGUMENTS, EXIT_INCOMPLETE, main, run, short_trial_dirname
@@ -31,7 +31,6 @@ __all__ = [
     "DEFAULT_SEEDS",
     "EXIT_BAD_ARGUMENTS",
     "EXIT_INCOMPLETE",
-    "PRESETS",
     "Plan",
     "Sweep",
     "SweepError",

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dmh.errors import DmhError
-from dmh.training.config import PRESETS as TRAIN_PRESETS
 
-PRESETS = tuple(TRAIN_PRESETS)  # a sweep's preset is the dmh preset its trials train with
 DEFAULT_SEEDS = {"smoke": 1, "cpu": 1, "paper": 10}  # the paper reports 10 seeds everywhere
 DEFAULT_GPUS = {"smoke": 0.0, "cpu": 0.0, "paper": 1.0}  # GPUs per trial: the paper preset is for GPU clusters
 

@@ -18,9 +18,9 @@ from dmh.boundary import MAX_SWEEP_SEEDS, SEED, Parser, parse
 from dmh.data.d4rl import d4rl_available, d4rl_cache_path
 from dmh.errors import DmhError
 from dmh.io import check_writable_dir
-from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, PRESETS, Sweep, SweepError, Trial
+from dmh.sweep.declare import DEFAULT_GPUS, DEFAULT_SEEDS, Sweep, SweepError, Trial
 from dmh.tracking import check_store, default_tracking_uri
-from dmh.training.config import make_config, parse_sets
+from dmh.training.config import PRESETS, make_config, parse_sets
 from dmh.vocabulary import D4RL_TASKS
 
 RUN_DIR = "dmh-runs"  # relative on purpose: Tune runs each trial in its own working folder, which changes on resume
@@ -29,7 +29,7 @@ RUN_DIR = "dmh-runs"  # relative on purpose: Tune runs each trial in its own wor
 def build_parser(sweep: Sweep) -> argparse.ArgumentParser:
     """The options every sweep script shares, then the script's own (``Sweep.add_arguments``)."""
     parser = Parser(prog=f"python sweeps/{sweep.name}.py", name=sweep.name, description=sweep.description)
-    parser.add_argument("--preset", default="cpu", choices=PRESETS,
+    parser.add_argument("--preset", default="cpu", choices=tuple(PRESETS),  # the dmh preset its trials train with
                         help="smoke: seconds, for tests; cpu: minutes on a laptop; paper: the paper's grid (GPUs)")
     parser.add_argument("--seeds", type=int, default=None,
                         help=f"seeds per cell, at most {MAX_SWEEP_SEEDS} (default: smoke/cpu 1, paper 10)")
