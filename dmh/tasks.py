@@ -36,6 +36,7 @@ PAPER_N_C = {
     "tmaze": (4, 20),
     "d4rl": (4, 20),
 }
+PAPER_C = (1, 5, 10, 15, 20)  # the values of c in the paper's sensitivity study (Fig. 4b)
 D4RL_TARGET_RETURN = {"halfcheetah": 12000.0, "hopper": 3600.0, "walker2d": 5000.0}
 D4RL_RTG_SCALE = 1000.0  # the authors' code divides D4RL returns-to-go by 1000
 
@@ -108,7 +109,7 @@ def task_dataset(spec: TaskSpec, data_steps: int, data_seed: int, dataset_path: 
     return load_or_build(cached_path(spec.name, asdict(tcfg), data_dir), lambda: generate_tmaze(tcfg))[0]
 
 
-def test_tasks(spec: TaskSpec, count: int | None = None) -> np.ndarray:
+def held_out_tasks(spec: TaskSpec, count: int | None = None) -> np.ndarray:
     """Held-out test tasks [n, task_dim] (Grid World: the family's test list; T-maze: goal sides drawn at reset)."""
     if spec.kind == "grid":
         held_out = tasks(spec.env_id, "test")

@@ -1,6 +1,6 @@
 """The project's shared names: every string that one layer writes and another reads.
 
-Training writes metrics and tags, sweeps report them to Tune and add their own, ``analysis`` reads them back from
+Training writes metrics and tags, sweeps report them to Tune and add their own, ``dmh.report`` reads them back from
 MLflow. A name spelled twice drifts: renaming a metric in training would silently empty the report. So each name
 lives here once and every layer imports it (``tests/test_vocabulary.py`` checks that the report reads what a real
 training run writes).
@@ -87,4 +87,3 @@ D4RL_FAMILIES = D4RL_ENVS  # halfcheetah, hopper, walker2d
 D4RL_TASKS = D4RL_DATASETS  # the paper's nine datasets
 TMAZE_PREFIX = "tmaze-"  # tmaze-<memory length>
 
-PAPER_C = (1, 5, 10, 15, 20)  # the values of c in the paper's sensitivity study (Fig. 4b)

@@ -17,7 +17,7 @@ import math
 import sys
 
 from dmh.sweep import Sweep, Trial, main, product
-from dmh.vocabulary import PAPER_C
+from dmh.tasks import PAPER_C
 
 TASKS = {
     "smoke": ("darkroom-hard",),

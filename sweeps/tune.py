@@ -19,9 +19,9 @@ from typing import Any
 
 from dmh.sweep import Plan, Sweep, Trial, run, short_trial_dirname
 from dmh.sweep import main as sweep_main
-from dmh.tasks import resolve_task
+from dmh.tasks import PAPER_C, resolve_task
 from dmh.training.config import ALGOS
-from dmh.vocabulary import PAPER_C, Metric
+from dmh.vocabulary import Metric
 
 METRICS = {Metric.TRAIN_LOSS: "min", Metric.LAST_RETURN: "max"}
 NUM_SAMPLES = {"smoke": 3, "cpu": 8, "paper": 50}  # trials per search without --num-samples

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmh.tasks import TaskSpec, make_eval_core, test_tasks
+from dmh.tasks import TaskSpec, held_out_tasks, make_eval_core
 
 
 @dataclass
@@ -63,7 +63,7 @@ def evaluate_online(model: nn.Module, spec: TaskSpec, obs_mean: np.ndarray, obs_
                     n_tasks: int = 0, episodes: int = 0, seed: int = 0, sample: bool = True) -> EvalResult:
     """Play ``episodes`` (default: the paper's m) episodes on ``n_tasks`` (default: all) held-out tasks."""
     episodes = episodes or spec.eval_episodes
-    tasks = test_tasks(spec, n_tasks or None)
+    tasks = held_out_tasks(spec, n_tasks or None)
     rows = len(tasks)
     rng = np.random.default_rng(seed)
     # Every draw of the evaluation follows its seed: the environments' (rng), the actions' and the policy's own (a

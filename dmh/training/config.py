@@ -26,7 +26,7 @@ from dmh.data.histories import history_config
 from dmh.data.tmaze import TMazeDataConfig
 from dmh.errors import DmhError
 from dmh.models import ALGORITHMS, ContextShape, ModelConfig, algorithm, config_class
-from dmh.tasks import TaskSpec, resolve_task, test_tasks
+from dmh.tasks import TaskSpec, held_out_tasks, resolve_task
 from dmh.vocabulary import RUNTIME_FIELDS
 
 ALGOS = tuple(ALGORITHMS)
@@ -464,10 +464,10 @@ def check_against_data(cfg: TrainConfig, episodes_per_history: int | None) -> No
     evaluation_counts(spec, cfg.eval_tasks, cfg.eval_episodes)
 
 
-def held_out_tasks(spec: TaskSpec) -> int | None:
+def held_out_count(spec: TaskSpec) -> int | None:
     """How many held-out test tasks the task has (Grid World's fixed list); None where any number can be drawn
     (T-maze goal sides, D4RL starts)."""
-    return len(test_tasks(spec)) if spec.kind == "grid" else None
+    return len(held_out_tasks(spec)) if spec.kind == "grid" else None
 
 
 def evaluation_counts(spec: TaskSpec, tasks: int, episodes: int, names: tuple[str, str] = ("eval_tasks",
@@ -475,8 +475,8 @@ def evaluation_counts(spec: TaskSpec, tasks: int, episodes: int, names: tuple[st
     """An evaluation's test tasks and episodes per task (never 0: 0 or None is the task's own, all its held-out
     tasks and the paper's m): no more tasks than are held out, and the returns ``[tasks, episodes]`` within this
     machine's memory. ``names`` are how messages name the two (settings, or ``dmh evaluate``'s options)."""
-    held_out = held_out_tasks(spec)
-    tasks, episodes = tasks or len(test_tasks(spec)), episodes or spec.eval_episodes
+    held_out = held_out_count(spec)
+    tasks, episodes = tasks or len(held_out_tasks(spec)), episodes or spec.eval_episodes
     if held_out is not None and tasks > held_out:
         shown = f"{names[0]} {tasks}" if names[0].startswith("-") else f"{names[0]}={tasks}"  # an option, a setting
         raise DmhError(f"{shown}: {spec.name} has {held_out} held-out test tasks")
