@@ -61,14 +61,14 @@ def search_space(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, An
     from ray import tune
 
     space = SPACE[args.preset]
-    config = dict(base["config"])
-    config["batch_size"] = tune.choice(space["batch_size"])
-    config["lr"] = tune.loguniform(*space["lr"])
-    config["model"] = {**config["model"], "d_model": tune.choice(space["d_model"])}
+    searched = {"batch_size": tune.choice(space["batch_size"]), "lr": tune.loguniform(*space["lr"]),
+                "model.d_model": tune.choice(space["d_model"])}
     if args.algo == "dmh":
         horizon = resolve_task(args.task).horizon
-        config["c"] = tune.choice([c for c in PAPER_C if c <= horizon])
-    return {"trial": {**base, "config": config, "evaluate_checkpoints": args.metric == Metric.LAST_RETURN}}
+        searched["c"] = tune.choice([c for c in PAPER_C if c <= horizon])
+    # the sampled settings join the base trial's own, and the trial resolves its run from them (make_config): c
+    # changes the model config it builds
+    return {"trial": {**base, "searched": searched, "evaluate_checkpoints": args.metric == Metric.LAST_RETURN}}
 
 
 def tune_config(args: argparse.Namespace, checked: Plan) -> Any:

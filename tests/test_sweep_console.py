@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from dmh.sweep import plan as plan_module
-from dmh.sweep.tuner import TUNE_CONSOLE_ENV, TrialNames, grid_columns, searched_columns
+from dmh.sweep.tuner import TUNE_CONSOLE_ENV, TrialNames, grid_columns, short_names
 from sweeps import common
 
 
@@ -70,12 +70,17 @@ def test_a_trial_is_named_after_its_algo_task_swept_values_and_seed():
     assert names(trial) == "dmh-darkroom-hard-c=5-valuable_subgoals=True-s0"
 
 
-def test_a_search_shows_the_settings_its_searcher_samples_under_short_names():
-    from ray import tune
+def test_a_search_samples_settings_beside_its_resolved_base_and_shows_them_under_short_names(monkeypatch):
+    from sweeps import tune as search
 
-    config = {"algo": "dmh", "lr": tune.loguniform(1e-4, 1e-2), "c": tune.choice([1, 5]), "steps": 6,
-              "model": {"d_model": tune.choice([8, 16]), "n_layer": 1}}
-    assert searched_columns(config) == {"lr": "lr", "c": "c", "model.d_model": "d_model"}
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)  # no Ray: nothing is run here
+    args = common.build_parser(search.SWEEP).parse_args(["--preset", "smoke", "--algo", "dmh", "--task", "darkroom"])
+    base = common.plan(search.SWEEP, args).trials[0]
+    trial = search.search_space(args, base)["trial"]
+    assert trial["config"] == base["config"]  # the resolved run is left as it is: the trial resolves the sampled c
+    assert list(trial["searched"]) == ["batch_size", "lr", "model.d_model", "c"]
+    assert short_names(list(trial["searched"])) == {"batch_size": "batch_size", "lr": "lr",
+                                                    "model.d_model": "d_model", "c": "c"}
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,10 @@ class Plan:
     """A validated sweep, ready for Ray: what the Tuner needs and nothing else."""
 
     sweep: Sweep
-    # Tune configs, one per cell (empty when resuming: Tune restores its own). Each holds the cell's validated
-    # TrainConfig as a dict ("config", rebuilt by the trial with config_from_dict) and what the trial needs around
-    # it: "sweep", "sweep_run", "tracking_uri", "env" (variables to set in the trial) and "oom_is_result".
+    # Tune configs, one per cell (empty when resuming: Tune restores its own). Each holds the cell's resolved
+    # TrainConfig as a dict ("config", rebuilt by the trial with config_from_dict), the settings it was made from
+    # ("settings", which a search's sampled settings, "searched", join) and what the trial needs around it: "sweep",
+    # "sweep_run", "tracking_uri", "env" (variables to set in the trial) and "oom_is_result".
     trials: list[dict[str, Any]]
     storage: str  # absolute local path or a URI
     name: str  # Tune run name: the sweep's folder under storage
@@ -146,7 +147,7 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
     extra = parse_sets(args.set)
     d4rl_dir = args.d4rl_dir or os.environ.get("D4RL_DATASET_DIR")
     env = {"D4RL_DATASET_DIR": str(Path(d4rl_dir).expanduser().resolve())} if d4rl_dir else {}
-    configs = []
+    configs, settings = [], []
     for cell in cells:
         overrides = {**sweep.preset_sets.get(args.preset, {}), **cell.sets, **extra, **fixed}
         try:
@@ -154,14 +155,16 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
         except DmhError as exc:
             raise SweepError(f"cell {cell.algo} / {cell.task} / seed {cell.seed} {cell.sets}: {exc}") from None
         configs.append(cfg)
+        settings.append(overrides)
     check_d4rl_data({cfg.task for cfg in configs if cfg.dataset_path is None}, env.get("D4RL_DATASET_DIR"))
     if args.gpus_per_trial is None and all(cfg.device == "cpu" for cfg in configs):
         resources["gpu"] = 0.0  # trials pinned to the CPU need no GPU
     if sweep_exists(path):
         raise SweepError(f"a sweep already exists at {path}: pass --resume to continue it, or choose another --name "
                          "or --storage")
-    trials = [dict(config=dataclasses.asdict(cfg), sweep=sweep.name, sweep_run=path, tracking_uri=tracking_uri,
-                   env=env, oom_is_result=sweep.oom_is_result) for cfg in configs]
+    trials = [dict(config=dataclasses.asdict(cfg), settings=cell_settings, sweep=sweep.name, sweep_run=path,
+                   tracking_uri=tracking_uri, env=env, oom_is_result=sweep.oom_is_result)
+              for cfg, cell_settings in zip(configs, settings, strict=True)]
     return Plan(trials=trials, **shared)
 
 

@@ -31,7 +31,7 @@ from dmh.sweep.bookkeeping import (
 )
 from dmh.tracking.run import SYSTEM_METRICS_SWITCH
 from dmh.training.checkpoint import load_checkpoint
-from dmh.training.config import TrainConfig, config_from_dict
+from dmh.training.config import TrainConfig, config_from_dict, make_config
 from dmh.training.run import evaluate_checkpoint, train_run
 from dmh.vocabulary import Metric, Outcome, Tag
 
@@ -122,7 +122,11 @@ def run_trial(config: dict[str, Any], session: TrialSession, parent_run_id: str 
     checkpoint and MLflow run. With ``parent_run_id`` the run is nested under the sweep's parent run."""
     hide_unreserved_gpus(session.gpu_ids)
     os.environ.update(config["env"])  # e.g. D4RL_DATASET_DIR, for trials on workers that did not inherit it
-    cfg = on_reserved_gpus(config_from_dict(config["config"]), session.gpu_ids)
+    cfg = config_from_dict(config["config"])
+    if config.get("searched"):  # a search's trial: its sampled settings over the cell's, resolved into its run
+        cfg = make_config(cfg.algo, cfg.task, cfg.preset, cfg.seed,
+                          overrides={**config["settings"], **config["searched"]})
+    cfg = on_reserved_gpus(cfg, session.gpu_ids)
     if session.gpu_ids:  # GPU utilisation and memory beside the run's metrics (MLflow's own switch, read by the run)
         os.environ[SYSTEM_METRICS_SWITCH] = "true"
     uri, trial_id = config["tracking_uri"], session.trial_id

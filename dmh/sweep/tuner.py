@@ -61,15 +61,17 @@ def build_tuner(plan: Plan, parent_run_id: str, param_space: dict[str, Any] | No
         return tune.Tuner.restore(plan.path, runnable, resume_unfinished=True, resume_errored=True)
     if param_space is None:
         columns = grid_columns([trial["config"] for trial in plan.trials])
-    else:  # a search (sweeps/tune.py): what its searcher samples
-        columns = searched_columns(param_space["trial"]["config"])
+        paths = {f"trial/config/{name.replace('.', '/')}": short for name, short in columns.items()}
+    else:  # a search (sweeps/tune.py): the settings its searcher samples
+        columns = short_names(list(param_space["trial"]["searched"]))
+        paths = {f"trial/searched/{name}": short for name, short in columns.items()}
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage, verbose=1,
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         # Only the latest checkpoint matters for a retry; older ones would fill the storage.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         progress_reporter=tune.CLIReporter(
-            parameter_columns={f"trial/config/{name.replace('.', '/')}": short for name, short in columns.items()},
+            parameter_columns=paths,
             max_report_frequency=REPORT_EVERY_S, print_intermediate_tables=True),
     )
     if tune_config is None:
@@ -108,21 +110,6 @@ def grid_columns(configs: Sequence[Mapping[str, Any]]) -> dict[str, str]:
             swept.setdefault(tuple(p.get(name) for p in params), name)  # a copy of a column (model.c of c) is none
     names = [n for n in CELL[:2] if varies(n, params)] + [*swept.values()] + [n for n in CELL[2:] if varies(n, params)]
     return short_names(names)
-
-
-def searched_columns(config: Mapping[str, Any]) -> dict[str, str]:
-    """The settings a search samples (Tune's search domains in the trials' dmh config), as :func:`grid_columns`
-    gives a grid's: MLflow param name → short name."""
-    from ray.tune.search.sample import Domain
-
-    def sampled(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
-        for key, value in mapping.items():
-            if isinstance(value, Mapping):
-                yield from sampled(value, f"{prefix}{key}.")
-            elif isinstance(value, Domain):
-                yield f"{prefix}{key}"
-
-    return short_names(list(sampled(config)))
 
 
 def short_names(names: list[str]) -> dict[str, str]:
