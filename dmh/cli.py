@@ -241,23 +241,17 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(argv: list[str]) -> int:
-    """``python -m analysis.make_all`` under the ``dmh`` command. ``analysis/`` sits on top of the library and is not
-    installed with it, so it is found beside this package in the checkout (``pip install -e .``)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "analysis" / "make_all.py").exists():
-        raise DmhError(f"dmh report needs the dmh repository checkout (no analysis/ beside {root / 'dmh'}): install "
-                       "with `pip install -e .` from a clone, or run `python -m analysis.make_all` there")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from analysis.make_all import main as make_all
+    """``python -m dmh.report.make_all`` under the ``dmh`` command; imported here, not at the top, because pandas and
+    matplotlib would slow every other command's start."""
+    from dmh.report.make_all import main as make_all
 
     return make_all(argv)
 
 
 def _add_report_parser(sub: argparse._SubParsersAction) -> None:
-    # listed for --help only: main() hands everything after "report" to analysis.make_all, which parses it
+    # listed for --help only: main() hands everything after "report" to dmh.report.make_all, which parses it
     sub.add_parser("report", add_help=False, help="regenerate the paper's tables and figures from MLflow runs "
-                   "(analysis.make_all; `dmh report --help` for its options)")
+                   "(dmh.report.make_all; `dmh report --help` for its options)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     with stop_on_sigterm():
         try:
-            if argv[:1] == ["report"]:  # analysis.make_all parses its own options
+            if argv[:1] == ["report"]:  # dmh.report.make_all parses its own options
                 return _cmd_report(argv[1:])
             args = parse(build_parser(), argv)
             logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -43,7 +43,6 @@ from dmh.sweep.plan import check_storage
 from dmh.tracking import check_store, open_client
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent  # the checkout: analysis/ (which --results uses) is not installed with dmh, it sits here
 # The cpu preset's full training, every held-out task, and evaluations along the way (so best-during-training exists).
 CPU = ("--set", "steps=3000", "--set", "eval_tasks=0", "--set", "eval_every=500", "--set", "checkpoint_every=500")
 # T-maze: at 50 DT and DM-H reach return 1 within 750 updates; at 1000 one update took DT 7.8 s, DM 10.7 s, DM-H 2.3 s
@@ -119,9 +118,7 @@ class Results:
     sweeps that finished into it."""
 
     def __init__(self, folder: Path) -> None:
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
-        from analysis.export import load_export
+        from dmh.report.export import load_export
 
         self.folder = folder
         self.data = folder / "data"
@@ -136,8 +133,8 @@ class Results:
     def keep(self, step: Step, tracking_uri: str, finished: bool) -> None:
         """Merge the step's experiment from the store into the cache, redraw the report there, and list the step
         if it finished. A sweep that stopped before its experiment existed has nothing to merge."""
-        from analysis.export import export_runs, merge_exports, save_export
-        from analysis.make_all import build_report
+        from dmh.report.export import export_runs, merge_exports, save_export
+        from dmh.report.make_all import build_report
 
         try:
             export = export_runs(tracking_uri, [sweep_name(step.stage.script)])

@@ -9,13 +9,13 @@ import pytest
 import scipy.stats
 from mlflow import MlflowClient
 
-from analysis import claims, make_all, z_table
-from analysis.export import export_runs, load_export, merge_exports, z_draw
-from analysis.index import preamble
-from analysis.stats import bootstrap_ci, iqm, standard_error, summarize, t_interval
 from dmh.data.d4rl import normalized_score
 from dmh.envs.mujoco import D4RL_DATASETS
 from dmh.errors import DmhError
+from dmh.report import claims, make_all, z_table
+from dmh.report.export import export_runs, load_export, merge_exports, z_draw
+from dmh.report.index import preamble
+from dmh.report.stats import bootstrap_ci, iqm, standard_error, summarize, t_interval
 from dmh.vocabulary import Metric, Outcome, Tag
 
 # ------------------------------------------------------------------------------------------------------- statistics
@@ -351,7 +351,7 @@ def test_a_missing_store_or_experiment_is_a_clear_error_and_writes_nothing(tmp_p
 
 
 def test_curves_plots_one_experiments_in_context_curves_with_their_numbers(report, tmp_path, capsys):
-    from analysis import curves
+    from dmh.report import curves
 
     uri = (report / "data" / "meta.json").read_text().split('"tracking_uri": "')[1].split('"')[0]
     out = tmp_path / "darkroom.png"

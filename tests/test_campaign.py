@@ -129,7 +129,7 @@ def test_results_keep_a_campaign_across_sittings_whose_stores_are_lost(sweep_wor
     with a new store; one that finished in the store before --results was passed is merged on the next run."""
     import json
 
-    from analysis.export import load_export
+    from dmh.report.export import load_export
 
     first, second = sweep_workdir / "sitting1", sweep_workdir / "sitting2"
     results = sweep_workdir / "results"

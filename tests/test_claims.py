@@ -1,4 +1,4 @@
-"""analysis.claims: each of the paper's claims judged from runs as a paired difference over seeds."""
+"""dmh.report.claims: each of the paper's claims judged from runs as a paired difference over seeds."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import claims
-from analysis.compare import VIEWS, cells
-from analysis.export import CURVE_COLUMNS, RUN_COLUMNS, Export
-from analysis.paper import load_paper_numbers
-from analysis.stats import t_interval
+from dmh.report import claims
+from dmh.report.compare import VIEWS, cells
+from dmh.report.export import CURVE_COLUMNS, RUN_COLUMNS, Export
+from dmh.report.paper import load_paper_numbers
+from dmh.report.stats import t_interval
 from dmh.vocabulary import Outcome
 
 

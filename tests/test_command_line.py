@@ -77,7 +77,7 @@ def sweep_command(script: str) -> Command:
 
 
 def report_parser():
-    from analysis.make_all import build_parser
+    from dmh.report.make_all import build_parser
 
     return build_parser()
 
@@ -110,7 +110,7 @@ COMMANDS = [
 # Where each command's work starts (stubbed: reaching it means the input was accepted).
 WORK = ["dmh.data.histories.generate_histories", "dmh.data.tmaze.generate_tmaze",
         "dmh.data.d4rl.rollout_random_policy", "dmh.training.run.Trainer", "dmh.training.run.evaluate_online",
-        "analysis.make_all.build_report", "dmh.sweep.tuner.open_parent_run", "sweeps.campaign.run_sweep"]
+        "dmh.report.make_all.build_report", "dmh.sweep.tuner.open_parent_run", "sweeps.campaign.run_sweep"]
 
 
 def option_name(action: argparse.Action) -> str:

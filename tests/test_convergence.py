@@ -1,4 +1,4 @@
-"""analysis.convergence: the plateau rule, and the budget and convergence every claim's verdict carries."""
+"""dmh.report.convergence: the plateau rule, and the budget and convergence every claim's verdict carries."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from test_claims import row, run
 
-from analysis import claims, convergence
-from analysis.compare import VIEWS, cells
-from analysis.export import (
+from dmh.report import claims, convergence
+from dmh.report.compare import VIEWS, cells
+from dmh.report.export import (
     CURVE_COLUMNS,
     RUN_COLUMNS,
     TRAINING_COLUMNS,
@@ -17,7 +17,7 @@ from analysis.export import (
     merge_exports,
     save_export,
 )
-from analysis.paper import load_paper_numbers
+from dmh.report.paper import load_paper_numbers
 
 
 def curve(returns: list[float], se: float = 0.5, every: int = 500) -> pd.DataFrame:

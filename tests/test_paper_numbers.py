@@ -1,12 +1,12 @@
-"""The paper's published numbers (analysis/paper_numbers.csv) are complete and self-consistent."""
+"""The paper's published numbers (dmh/report/paper_numbers.csv) are complete and self-consistent."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from analysis.paper import PAPER_CSV, load_paper_numbers, paper_value
 from dmh.errors import DmhError
+from dmh.report.paper import PAPER_CSV, load_paper_numbers, paper_value
 
 D4RL = [
     f"{env}-{ds}-v2"

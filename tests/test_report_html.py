@@ -16,9 +16,9 @@ from matplotlib.image import imread
 from servers_testkit import CHROMIUM, CHROMIUM_FLAGS, run_chromium
 from test_analysis import synthetic_report
 
-from analysis import make_all
-from analysis.compare import VIEWS
-from analysis.export import load_export
+from dmh.report import make_all
+from dmh.report.compare import VIEWS
+from dmh.report.export import load_export
 
 # test_mlflow_ui's flags, plus: no host name resolves, so nothing but the file:// page can load. (Scripts stay on:
 # --dump-dom and --screenshot run their own; that the page has none is checked on its source.)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import make_all
+from dmh.report import make_all
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 FOLDERS = sorted(p.parent.parent for p in RESULTS.glob("*/data/runs.csv"))

@@ -81,8 +81,8 @@ def assert_the_report_holds_the_runs(workdir, name, runs):
     """End to end: the sweep's runs → `make_all` → the view's cells carry exactly those runs' values."""
     import pandas as pd
 
-    from analysis import make_all
-    from analysis.compare import VIEWS
+    from dmh.report import make_all
+    from dmh.report.compare import VIEWS
 
     assert make_all.main(["--out", str(workdir / "reports")]) == 0
     view, metric = REPORT_VIEW[name]
@@ -120,7 +120,7 @@ def test_smoke_grid_leaves_one_finished_run_per_trial_with_the_swept_values_and_
 def test_the_z_study_smoke_grid_lands_its_z_cells_in_the_reports_z_table(ray_session, workdir):
     import pandas as pd
 
-    from analysis import make_all
+    from dmh.report import make_all
 
     script = importlib.import_module("sweeps.z_study")
     assert common.main(script.SWEEP, ["--preset", "smoke"]) == 0

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from analysis.export import SCALARS, SETTINGS, Export, export_runs
+from dmh.report.export import SCALARS, SETTINGS, Export, export_runs
 from dmh.training.config import make_config
 from dmh.training.run import train_run
 from dmh.vocabulary import Metric, Outcome, Tag

@@ -18,7 +18,7 @@ Modules: ``store`` (where runs are stored, and whether they can be), ``provenanc
 ``curves`` (the in-context curve's artifacts), ``outage`` (writes that survive an unreachable store), ``run``
 (``TrackedRun``).
 
-Layering: ``dmh.training`` opens its runs here, and the sweeps and ``analysis`` use the store helpers; this package
+Layering: ``dmh.training`` opens its runs here, and the sweeps and ``dmh.report`` use the store helpers; this package
 imports only ``dmh.errors``, ``dmh.vocabulary`` and the ``dmh`` package itself (for its version), never training,
 model or evaluation code.
 """

@@ -1,4 +1,4 @@
-"""The paper's figures from cells (:mod:`analysis.compare`): this project's mean ± s.e. over seeds as solid lines
+"""The paper's figures from cells (:mod:`dmh.report.compare`): this project's mean ± s.e. over seeds as solid lines
 with bands (or solid bars with error bars), the paper's published values beside them as hollow markers on dashed
 lines (or hollow markers with the paper's error-bar range). Missing data is drawn as missing: a panel or bar
 without this project's runs says why in the plot ("no runs", "out of memory"), never as a zero.
@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.convergence import describe
-from analysis.tables import ALGO_LABELS, task_label
 from dmh.io import atomic_path
+from dmh.report.convergence import describe
+from dmh.report.tables import ALGO_LABELS, task_label
 
 COLORS = {"dmh": "tab:red", "ad-mamba": "tab:cyan", "ad-transformer": "tab:orange", "dm": "tab:blue",
           "dt": "tab:green", "with_subgoals": "tab:red", "without_subgoals": "tab:gray"}
@@ -152,7 +152,7 @@ def training_figure(curves: pd.DataFrame, title: str) -> plt.Figure:
     (solid, mean ± s.e. over seeds) and the first's (dashed) against the gradient update, each point marked
     converged (filled) or not (hollow) at the run's end by the plateau rule where the curve ends.
 
-    ``curves``: analysis.export's training columns joined with each run's task, seed and ``series`` label, and
+    ``curves``: dmh.report.export's training columns joined with each run's task, seed and ``series`` label, and
     ``converged`` per run."""
     tasks = sorted(curves["task"].unique())
     cols = min(3, len(tasks))

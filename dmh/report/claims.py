@@ -1,12 +1,12 @@
 """The paper's claims about the experiments this project runs, as data (:data:`CLAIMS`), each judged from the runs:
 ``OUT/tables/claims.{md,tex,csv}``.
 
-A claim compares two sides of one view (:mod:`analysis.compare`) on one task: e.g. DM-H against AD (Transformer) at
+A claim compares two sides of one view (:mod:`dmh.report.compare`) on one task: e.g. DM-H against AD (Transformer) at
 the last online episode of Fig. 2 on Darkroom, or DM-H with against without valuable sub-goals in Fig. 4a. Each seed
 gives one difference (the runs of both sides share their seeds in every sweep, so the difference is paired); a side
 that spans several x values (c ∈ {10, 15, 20}) is their mean for that seed. A claim against a level (T-maze: DM-H's
 return is the maximum) compares one side with that level instead. The verdict reads the Student-t 95 % interval of
-the mean difference over seeds (:func:`analysis.stats.t_interval`):
+the mean difference over seeds (:func:`dmh.report.stats.t_interval`):
 
 - **reproduced**: the whole interval lies on the paper's side of zero;
 - **not reproduced**: the whole interval lies on the other side, the opposite of the paper holds here;
@@ -16,7 +16,7 @@ the mean difference over seeds (:func:`analysis.stats.t_interval`):
 Final evaluations decide (the paper's protocol); the best evaluation during training, where the view has one, is
 shown beside them with its own interval and does not decide. Every verdict carries its budget (the gradient updates
 of the runs compared) and, for each side, how many of its runs had converged by the plateau rule
-(:mod:`analysis.convergence`): a side that was still learning when training stopped makes a "not reproduced" a
+(:mod:`dmh.report.convergence`): a side that was still learning when training stopped makes a "not reproduced" a
 statement about that budget only.
 """
 
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import convergence
-from analysis.compare import VIEWS, has_best, memory_length, run_points
-from analysis.export import Export
-from analysis.stats import CONFIDENCE, t_interval
-from analysis.tables import ALGO_LABELS, Table, task_label
+from dmh.report import convergence
+from dmh.report.compare import VIEWS, has_best, memory_length, run_points
+from dmh.report.export import Export
+from dmh.report.stats import CONFIDENCE, t_interval
+from dmh.report.tables import ALGO_LABELS, Table, task_label
 from dmh.vocabulary import GRID_WORLD, Outcome
 
 LAST = "last"  # a side's x: each run's last point (the last online episode of a curve)
@@ -71,7 +71,7 @@ class Side:
 class Claim:
     """What the paper says one side does better than the other (or than a level), in one view, on some tasks."""
 
-    view: str  # the view (analysis.compare.VIEWS) both sides are read from
+    view: str  # the view (dmh.report.compare.VIEWS) both sides are read from
     says: str  # the paper's claim, in a few words
     better: Side  # the side the paper says is higher (lower, where lower_is_better)
     worse: Side | None  # the side it is compared with; None: ``level``
@@ -207,7 +207,7 @@ def signed(mean: float, low: float, high: float) -> str:
 
 
 def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
-    """Every claim of :data:`CLAIMS` judged on each of its tasks, as a :class:`analysis.tables.Table`."""
+    """Every claim of :data:`CLAIMS` judged on each of its tasks, as a :class:`dmh.report.tables.Table`."""
     rows, claims = [], []
     converged = convergence.converged_runs(export.training)
     for claim in CLAIMS:

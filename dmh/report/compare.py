@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.export import Export
-from analysis.stats import summarize
+from dmh.report.export import Export
+from dmh.report.stats import summarize
 from dmh.vocabulary import D4RL_FAMILIES, D4RL_TASKS, GRID_WORLD, TMAZE_PREFIX, Outcome
 
 
@@ -34,7 +34,7 @@ def memory_length(task: str) -> float:
 class View:
     """One paper table or figure, as a query over runs and over the paper's numbers."""
 
-    name: str  # the paper's key in analysis/paper_numbers.csv: table2, fig4b, ...
+    name: str  # the paper's key in dmh/report/paper_numbers.csv: table2, fig4b, ...
     title: str  # what the paper's caption calls it
     sweeps: tuple[str, ...]  # sweeps (tag ``sweep``, else the experiment name) whose runs it reads
     value: str  # per-run column it summarises: last_return, normalized_score, score, online_min, offline_h_per_10k,
@@ -95,7 +95,7 @@ KEYS = ["task", "algo", "variant", "x"]
 CELL_COLUMNS = [*KEYS, "n", "mean", "se", "iqm", "iqm_low", "iqm_high", "reason", "paper", "paper_err",
                 "paper_low", "paper_high", "paper_status", "paper_provenance"]
 # A view whose value is a return or score also summarises each run's best evaluation (the max over its evaluations
-# during training and the final one; analysis.export.BEST): value → the per-run column of its best.
+# during training and the final one; dmh.report.export.BEST): value → the per-run column of its best.
 BEST_OF = {"last_return": "best_return", "normalized_score": "best_normalized_score", "score": "best_score"}
 # Their cells' extra columns: mean ± s.e. over seeds of the best, and how many of the cell's completed runs logged an
 # evaluation during training (0: the best is the final evaluation).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.stats import CONFIDENCE
+from dmh.report.stats import CONFIDENCE
 
 TITLE = "DM-H reproduction report"
 # The comparisons' two statistics of a return or score, as each comparison and the index explain them.
@@ -38,7 +38,7 @@ class Entry:
     title: str  # the view's caption
     ours: int  # cells with this project's runs
     cells: int  # cells in all, this project's and the paper's
-    scale: dict[str, str]  # analysis.compare.scale: runs, presets, gradient updates, seeds per cell, tasks, ...
+    scale: dict[str, str]  # dmh.report.compare.scale: runs, presets, gradient updates, seeds per cell, tasks, ...
     missing: dict[str, int]  # reason → cells, for the cells missing or thin
     comparison: Path | None  # OUT/comparison/<name>.md; None where there is no paper number (the z study)
     summary: str = ""  # what the index says of it instead of its cell coverage (the claims: verdicts counted)
@@ -66,7 +66,7 @@ def preamble(source: dict) -> list[str]:
     return [f"Built from {built}{merged}.",
             "Ours: mean ± standard error over seeds (seeds in brackets), and the interquartile mean with a "
             f"{CONFIDENCE:.0%} percentile-bootstrap interval. Paper: the published number "
-            "(analysis/paper_numbers.csv, provenance per number). A missing number is shown as missing, with its "
+            "(dmh/report/paper_numbers.csv, provenance per number). A missing number is shown as missing, with its "
             "reason.", FINAL_VS_BEST]
 
 
@@ -129,7 +129,7 @@ def anchor(name: str) -> str:
 
 def html_index(out: Path, source: dict, sections: list[Section], comparisons: dict[str, pd.DataFrame]) -> str:
     """``OUT/index.html``: what :func:`markdown_index` says, with each table, figure and comparison (view name →
-    its formatted cells, :func:`analysis.make_all.comparison`) inline; links only to anchors of the page."""
+    its formatted cells, :func:`dmh.report.make_all.comparison`) inline; links only to anchors of the page."""
     body = [f'<h1 id="top">{html.escape(TITLE)}</h1>', *(f"<p>{inline(p)}</p>" for p in preamble(source)),
             '<nav><h2 id="contents">Contents</h2><ul>',
             *(f'<li><a href="#{anchor(s.name)}">{html.escape(s.name)}</a></li>' for s in sections), "</ul></nav>"]

@@ -13,7 +13,7 @@
 - ``training.csv``: the training curve of every run kept, one row per evaluation (those during training and the
   final one) against the gradient update: the first and the last online episode's return (mean over test tasks),
   the last one's standard error over test tasks, and the training loss logged at that update (with DM-H's two
-  branches). What :mod:`analysis.convergence` reads to say whether a run's curve had flattened. Optional in a
+  branches). What :mod:`dmh.report.convergence` reads to say whether a run's curve had flattened. Optional in a
   cache: one exported before it existed has none.
 
 A sweep's parent run (tag ``Tag.SWEEP_PARENT``) only groups its trials in the MLflow UI and is not exported.

@@ -1,7 +1,7 @@
 """Has a run's training curve flattened? The plateau rule, written once, and read by the claims and the report.
 
 A run's training curve is its evaluations against the gradient update (``training.csv`` of the report cache,
-:mod:`analysis.export`): the return of the last online episode, mean over the held-out tasks, and that mean's
+:mod:`dmh.report.export`): the return of the last online episode, mean over the held-out tasks, and that mean's
 standard error over the tasks (one evaluation's own noise). The rule:
 
     **converged**: the last :data:`PLATEAU_EVALS` evaluations (the final one included) lie within

@@ -1,4 +1,4 @@
-"""The paper's Tables 1, 2 and 4 from cells (:mod:`analysis.compare`), each as Markdown, LaTeX and CSV, with the
+"""The paper's Tables 1, 2 and 4 from cells (:mod:`dmh.report.compare`), each as Markdown, LaTeX and CSV, with the
 paper's number beside ours in every cell. Markdown and LaTeX show formatted text (mean ± s.e. (seeds), or "—" and
 the reason); the CSV keeps every number unformatted (means, standard errors, IQM and its interval, the paper's value).
 """
@@ -62,7 +62,7 @@ class Table:
     name: str  # table1, table2, table4
     caption: str
     text: pd.DataFrame  # formatted strings, first column the row label
-    numbers: pd.DataFrame  # the cells it was built from (analysis.compare.CELL_COLUMNS plus a ``part`` column)
+    numbers: pd.DataFrame  # the cells it was built from (dmh.report.compare.CELL_COLUMNS plus a ``part`` column)
 
 
 def side_by_side(cells: pd.DataFrame, rows: list[str], algos: list[str], digits: int = 2) -> pd.DataFrame:

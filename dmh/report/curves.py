@@ -1,8 +1,8 @@
 """In-context learning curves of one MLflow experiment: mean ± standard error over seeds of the return at each online
 episode, one line per algorithm, beside the paper's Fig. 2 curve where the task is in it. The same cells and drawing
-as the report's Fig. 2 (:mod:`analysis.make_all`), for any experiment, e.g. a set of ``dmh train`` runs:
+as the report's Fig. 2 (:mod:`dmh.report.make_all`), for any experiment, e.g. a set of ``dmh train`` runs:
 
-    python -m analysis.curves --experiment proof --task darkroom --out docs/figures/darkroom_cpu.png
+    python -m dmh.report.curves --experiment proof --task darkroom --out docs/figures/darkroom_cpu.png
 
 Reads only the MLflow store (``--tracking-uri``, default ``$MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
 """
@@ -14,12 +14,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from analysis import figures
-from analysis.compare import VIEWS, cells
-from analysis.export import export_runs
-from analysis.paper import load_paper_numbers
-from analysis.tables import task_label
 from dmh.errors import DmhError
+from dmh.report import figures
+from dmh.report.compare import VIEWS, cells
+from dmh.report.export import export_runs
+from dmh.report.paper import load_paper_numbers
+from dmh.report.tables import task_label
 from dmh.vocabulary import Metric
 
 

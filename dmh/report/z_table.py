@@ -5,7 +5,7 @@ off, per task. The paper has no such study, so the table has no paper column.
 
 One row per task × z × z_dim × valuable sub-goals that has runs: the final last-episode return (mean ± s.e. over
 seeds, and a Student-t 95 % interval of the mean, since with 3 seeds a bootstrap interval cannot be wider than their
-range), the best evaluation during training (``analysis.export.BEST``), the first online episode's return of the
+range), the best evaluation during training (``dmh.report.export.BEST``), the first online episode's return of the
 final evaluation, and the in-context gain, each run's final minus its first episode with its t-interval over seeds:
 the cell learns in context where that interval is above 0 (the issue's rule picks the paper-faithful z "wherever it
 learns").
@@ -18,11 +18,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis import claims
-from analysis.compare import View, best_note, mark_short, missing_reason, view_runs
-from analysis.export import Export
-from analysis.stats import CONFIDENCE, summarize, t_interval
-from analysis.tables import Table, fmt, task_label
+from dmh.report import claims
+from dmh.report.compare import View, best_note, mark_short, missing_reason, view_runs
+from dmh.report.export import Export
+from dmh.report.stats import CONFIDENCE, summarize, t_interval
+from dmh.report.tables import Table, fmt, task_label
 from dmh.vocabulary import Outcome
 
 SWEEP = "z_study"  # the sweep's name (sweeps/z_study.py), its runs' ``sweep`` tag
@@ -32,7 +32,7 @@ Z_ORDER = ("step", "block", "mean")  # the authors' code, the paper, determinist
 KEYS = ["task", "z", "z_dim", "valuable_subgoals"]
 COLUMNS = [*KEYS, "n", "mean", "se", "t_low", "t_high", "best_mean", "best_se", "evaluated_during_training",
            "first_mean", "first_se", "first_n", "gain", "gain_low", "gain_high", "learns", "reason"]
-# Whether a cell learns in context, from its runs' final − first-episode returns (analysis.claims.verdict): the
+# Whether a cell learns in context, from its runs' final − first-episode returns (dmh.report.claims.verdict): the
 # issue's rule for choosing the cpu preset's z is "the paper-faithful setting wherever it learns".
 LEARNS = {claims.REPRODUCED: "yes", claims.NOT_REPRODUCED: "no, worse", claims.INCONCLUSIVE: "inconclusive",
           claims.NO_RUNS: "—"}
@@ -82,7 +82,7 @@ def in_order(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def z_table(export: Export) -> Table:
-    """The z study as a :class:`analysis.tables.Table` (the CSV keeps :func:`z_cells` unformatted); without any
+    """The z study as a :class:`dmh.report.tables.Table` (the CSV keeps :func:`z_cells` unformatted); without any
     z_study runs, one line that says so."""
     cells = z_cells(export)
     if cells.empty:
