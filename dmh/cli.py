@@ -169,11 +169,11 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
 # -------------------------------------------------------------------------------------------- dmh train / evaluate
 def _cmd_train(args: argparse.Namespace) -> None:
     from dmh.tracking import check_store, default_tracking_uri
-    from dmh.training.config import make_config, resolve
+    from dmh.training.config import make_config
     from dmh.training.run import train_run
 
     cfg = make_config(args.algo, args.task, args.preset, seed=args.seed, config_file=args.config, sets=args.set)
-    args.checkpoint = resolve(cfg).checkpoint_path  # what an interruption keeps
+    args.checkpoint = cfg.checkpoint_path  # what an interruption keeps
     check_store(default_tracking_uri())  # the store the run will use, before data or a model is built
     result = train_run(cfg, resume=args.resume or args.resume_or_start, start_if_missing=args.resume_or_start)
     curve = " ".join(f"{r:.2f}" for r in result.evaluation.curve)
