@@ -40,3 +40,14 @@ def sweep_workdir(tmp_path, tmp_path_factory, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One in-process Ray for the module, bound to 127.0.0.1; sweeps run in-process reuse it."""
+    import ray
+
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -83,17 +83,6 @@ def test_a_search_samples_settings_beside_its_resolved_base_and_shows_them_under
                                                     "model.d_model": "d_model", "c": "c"}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One in-process Ray for the module, bound to 127.0.0.1; sweeps run in-process reuse it."""
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def progress_tables(console):
     """Every progress table Tune printed (psql format), as rows of {column: cell}."""
     tables, header = [], None

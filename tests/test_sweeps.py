@@ -23,17 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # the second is how a dual-stack socket shows an IPv4 loopback bind
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One in-process Ray for the module, bound to 127.0.0.1; sweeps run in-process reuse it."""
-    import ray
-
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2,
-             log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.fixture
 def workdir(sweep_workdir):
     return sweep_workdir
