@@ -239,31 +239,38 @@ class DecisionMambaHybrid(nn.Module):
         return torch.cat([checkpoint(self.gpt, p, use_reentrant=False) for p in seqs.split(chunk)], dim=0)
 
     # --------------------------------------------------------------------------------------------- interface
-    def forward(self, batch: dict[str, torch.Tensor], z_mode: str | None = None) -> torch.Tensor:
-        """Per-step action predictions [B, L, act_dim] from the z branch (z drawn per `z_train` / `z_eval`)."""
+    def branches(self, batch: dict[str, torch.Tensor], mode: str, sample_blocks: bool = False,
+                 subgoal_branch: bool = False) -> tuple[BlockLayout, torch.Tensor | None, list[torch.Tensor]]:
+        """One pass of the model over a batch, shared by ``forward`` and ``loss``: the block layout, the blocks
+        decoded (``sample_blocks``: ``train_blocks`` of them per context, else None: all), and the per-step action
+        predictions [B, L, act_dim] of the z branch (z drawn per ``mode``) and, with ``subgoal_branch``, of the
+        f(s_g) branch (the valuable sub-goal's state through ``subgoal_proj``)."""
         layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.c)
         mean, logvar = self.subgoals(batch, layout)
-        mode = z_mode or (self.cfg.z_train if self.training else self.cfg.z_eval)
-        return self.local_actions(batch, layout, self.draw_block_z(mean, logvar, mode))[0]
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Action loss of the z branch, plus `subgoal_loss_weight` x the f(s_g) branch's (same actions, same steps)."""
-        layout = block_layout(batch["episode_start"], batch["mask"], self.cfg.c)
-        mean, logvar = self.subgoals(batch, layout)
-        mode = self.cfg.z_train if self.training else self.cfg.z_eval
-        mask = loss_mask(batch, self.cfg.loss_on)
-        blocks = self.sampled_blocks(layout) if self.training and self.cfg.train_blocks else None
-        if blocks is not None:
-            mask = mask & blocks.gather(1, layout.step_block.clamp(min=0)) & (layout.step_block >= 0)
+        blocks = self.sampled_blocks(layout) if sample_blocks else None
         zs = [self.draw_block_z(mean, logvar, mode)]
-        if self.cfg.valuable_subgoals:
+        if subgoal_branch:
             goal = valuable_subgoal_index(
                 batch["rewards"], batch["episode_start"], batch["mask"], layout.start, self.cfg.subgoal_rule,
                 block_last=layout.last, block_valid=layout.block_valid,
             )
             z_goal = self.subgoal_proj(batch["obs"].gather(1, goal[..., None].expand(*goal.shape, self.cfg.obs_dim)))
             zs.append(z_goal.detach() if self.cfg.freeze_subgoal_proj else z_goal)
-        predictions = self.local_actions(batch, layout, *zs, blocks=blocks)
+        return layout, blocks, self.local_actions(batch, layout, *zs, blocks=blocks)
+
+    def forward(self, batch: dict[str, torch.Tensor], z_mode: str | None = None) -> torch.Tensor:
+        """Per-step action predictions [B, L, act_dim] from the z branch (z drawn per `z_train` / `z_eval`)."""
+        mode = z_mode or (self.cfg.z_train if self.training else self.cfg.z_eval)
+        return self.branches(batch, mode)[2][0]
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Action loss of the z branch, plus `subgoal_loss_weight` x the f(s_g) branch's (same actions, same steps)."""
+        mode = self.cfg.z_train if self.training else self.cfg.z_eval
+        sample_blocks = self.training and self.cfg.train_blocks > 0
+        layout, blocks, predictions = self.branches(batch, mode, sample_blocks, self.cfg.valuable_subgoals)
+        mask = loss_mask(batch, self.cfg.loss_on)
+        if blocks is not None:
+            mask = mask & blocks.gather(1, layout.step_block.clamp(min=0)) & (layout.step_block >= 0)
         loss_z = action_loss(predictions[0], batch["actions"], mask, self.cfg.discrete)
         logs = {"loss_z": loss_z.item()}
         loss = loss_z
