@@ -47,7 +47,7 @@ SWEEP = Sweep(
     grid=grid,
     # cpu: 1000 updates keep the five trials (two at a time) and the install inside the README's 15 minutes on 2 CPUs;
     # every held-out goal (21), an evaluation every 250 updates for the best-during-training score
-    preset_sets={"cpu": {"steps": 1000, "checkpoint_every": 250, "eval_every": 250}},
+    preset_settings={"cpu": {"steps": 1000, "checkpoint_every": 250, "eval_every": 250}},
     add_arguments=add_arguments,
 )
 

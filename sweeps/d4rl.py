@@ -21,7 +21,7 @@ SWEEP = Sweep(
     name="d4rl",
     description="DM-H vs AD (Mamba) vs AD (Transformer) vs DT on the nine D4RL datasets (paper Tables 1, 2, 4)",
     grid=lambda args: product(ALGOS, TASKS[args.preset], args.seeds),
-    preset_sets={"cpu": {"steps": 200, "checkpoint_every": 100, "eval_tasks": 8}},
+    preset_settings={"cpu": {"steps": 200, "checkpoint_every": 100, "eval_tasks": 8}},
 )
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ SWEEP = Sweep(
     name="grid_world",
     description="DM-H vs AD (Mamba) vs AD (Transformer) on the six Grid World families (paper Fig. 2)",
     grid=lambda args: product(ALGOS, TASKS[args.preset], args.seeds),
-    preset_sets={"cpu": {"steps": 300, "checkpoint_every": 100, "eval_tasks": 8}},
+    preset_settings={"cpu": {"steps": 300, "checkpoint_every": 100, "eval_tasks": 8}},
 )
 
 if __name__ == "__main__":

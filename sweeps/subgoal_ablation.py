@@ -24,7 +24,7 @@ SWEEP = Sweep(
     name="subgoal_ablation",
     description="DM-H with and without valuable sub-goals (paper Fig. 4a, Fig. 6)",
     grid=lambda args: product(["dmh"], TASKS[args.preset], args.seeds, VALUES),
-    preset_sets={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}},
+    preset_settings={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}},
 )
 
 if __name__ == "__main__":

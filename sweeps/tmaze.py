@@ -34,7 +34,7 @@ SWEEP = Sweep(
     name="tmaze",
     description="DM-H vs DM vs DT over T-maze memory lengths (paper Fig. 3, Fig. 5)",
     grid=grid,
-    preset_sets={"cpu": {"steps": 300, "checkpoint_every": 100}},
+    preset_settings={"cpu": {"steps": 300, "checkpoint_every": 100}},
     add_arguments=add_arguments,
     oom_is_result=True,
 )

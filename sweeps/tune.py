@@ -50,7 +50,7 @@ def base_trial(args: argparse.Namespace) -> list[Trial]:
 
 SWEEP = Sweep(name="tune", description=__doc__.splitlines()[0], grid=base_trial, add_arguments=add_arguments,
               # cpu: ASHA rungs at 100, 200 and 400 updates; eight samples fit in 15 minutes on 2 CPUs
-              preset_sets={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}},
+              preset_settings={"cpu": {"steps": 600, "checkpoint_every": 100, "eval_tasks": 8}},
               default_name=lambda args: f"tune_{args.algo}_{args.task}_{args.preset}")  # one folder per search
 
 

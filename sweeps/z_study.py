@@ -52,7 +52,7 @@ SWEEP = Sweep(
     name="z_study",
     description="DM-H's sub-goal z: draw x size x valuable sub-goals (issue 13, part 2)",
     grid=grid,
-    preset_sets={"cpu": {"eval_every": 500}},
+    preset_settings={"cpu": {"eval_every": 500}},
     add_arguments=add_arguments,
 )
 

@@ -18,7 +18,7 @@ def data_dir(tmp_path_factory):
 
 
 def trainer(algo, tmp_path, data_dir, task="darkroom"):
-    return Trainer(make_config(algo, task, "smoke", overrides={"steps": 1, "run_dir": str(tmp_path / "runs"),
+    return Trainer(make_config(algo, task, "smoke", settings={"steps": 1, "run_dir": str(tmp_path / "runs"),
                                                                 "data_dir": data_dir}))
 
 

@@ -42,7 +42,7 @@ def test_a_run_whose_server_restarts_mid_training_ends_finished_with_every_metri
             restarter.append(threading.Thread(target=restart_later, daemon=True))
             restarter[0].start()
 
-    cfg = make_config("dmh", "darkroom", "smoke", overrides={
+    cfg = make_config("dmh", "darkroom", "smoke", settings={
         "steps": STEPS, "log_every": 1, "checkpoint_every": 5,
         "run_dir": str(tmp_path / "runs"), "data_dir": str(tmp_path / "data")})
     server.start()

@@ -27,7 +27,7 @@ def trained(tmp_path_factory) -> Trained:
     folder = tmp_path_factory.mktemp("vocabulary")
     uri = f"sqlite:///{folder}/mlflow.db"
     cfg = make_config("dmh", "darkroom", "smoke",
-                      overrides={"run_dir": str(folder / "runs"), "data_dir": str(folder / "data")})
+                      settings={"run_dir": str(folder / "runs"), "data_dir": str(folder / "data")})
     result = train_run(cfg, tracking_uri=uri)
     export = export_runs(uri)
     (row,) = (r for _, r in export.runs.iterrows() if r["run_id"] == result.run_id)

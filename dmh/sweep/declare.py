@@ -24,7 +24,7 @@ class Trial:
     algo: str
     task: str
     seed: int
-    sets: dict[str, Any] = field(default_factory=dict)  # dmh config fields this cell sets (the swept values: c, …)
+    settings: dict[str, Any] = field(default_factory=dict)  # dmh settings this cell sets (the swept values: c, …)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Sweep:
     name: str  # script name: default MLflow experiment and Tune run name
     description: str  # one line for --help
     grid: Callable[[argparse.Namespace], list[Trial]]  # (parsed args: preset, seeds, script options) → cells
-    preset_sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset → dmh settings for every trial
+    preset_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset → dmh settings for every trial
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # script-specific options
     default_name: Callable[[argparse.Namespace], str] | None = None  # the Tune run name without --name (None:
     # <name>_<preset>)
@@ -46,5 +46,5 @@ def product(algos: Iterable[str], tasks: Iterable[str], seeds: int | Iterable[in
     """algos × tasks × swept values × seeds (a count from 0, or the seeds themselves: a grid gets
     ``range(--first-seed, --first-seed + --seeds)``), in that nesting order (so the first trials cover every algo)."""
     seeds = range(seeds) if isinstance(seeds, int) else seeds
-    return [Trial(algo, task, seed, dict(sets)) for seed in seeds for sets in values for task in tasks
+    return [Trial(algo, task, seed, dict(settings)) for seed in seeds for settings in values for task in tasks
             for algo in algos]

@@ -149,13 +149,13 @@ def plan(sweep: Sweep, args: argparse.Namespace) -> Plan:
     env = {"D4RL_DATASET_DIR": str(Path(d4rl_dir).expanduser().resolve())} if d4rl_dir else {}
     configs, settings = [], []
     for cell in cells:
-        overrides = {**sweep.preset_sets.get(args.preset, {}), **cell.sets, **extra, **fixed}
+        cell_settings = {**sweep.preset_settings.get(args.preset, {}), **cell.settings, **extra, **fixed}
         try:
-            cfg = make_config(cell.algo, cell.task, args.preset, cell.seed, overrides=overrides)
+            cfg = make_config(cell.algo, cell.task, args.preset, cell.seed, settings=cell_settings)
         except DmhError as exc:
-            raise SweepError(f"cell {cell.algo} / {cell.task} / seed {cell.seed} {cell.sets}: {exc}") from None
+            raise SweepError(f"cell {cell.algo} / {cell.task} / seed {cell.seed} {cell.settings}: {exc}") from None
         configs.append(cfg)
-        settings.append(overrides)
+        settings.append(cell_settings)
     check_d4rl_data({cfg.task for cfg in configs if cfg.dataset_path is None}, env.get("D4RL_DATASET_DIR"))
     if args.gpus_per_trial is None and all(cfg.device == "cpu" for cfg in configs):
         resources["gpu"] = 0.0  # trials pinned to the CPU need no GPU
@@ -174,7 +174,7 @@ def select_cells(cells: list[Trial], selections: Sequence[str]) -> list[Trial]:
         key, sep, values = selection.partition("=")
         if not sep or not key or not values:
             raise SweepError(f"--cells {selection}: expected KEY=VALUE[,VALUE]")
-        keys = {"algo", "task", "seed"} | {k for cell in cells for k in cell.sets}
+        keys = {"algo", "task", "seed"} | {k for cell in cells for k in cell.settings}
         if key not in keys:
             raise SweepError(f"--cells {selection}: this grid's cells have no {key!r}; they have "
                              f"{', '.join(sorted(keys))}")
@@ -188,7 +188,7 @@ def select_cells(cells: list[Trial], selections: Sequence[str]) -> list[Trial]:
 
 
 def cell_value(cell: Trial, key: str) -> Any:
-    return getattr(cell, key) if key in ("algo", "task", "seed") else cell.sets.get(key)
+    return getattr(cell, key) if key in ("algo", "task", "seed") else cell.settings.get(key)
 
 
 def sweep_exists(path: str) -> bool:

@@ -125,7 +125,7 @@ def run_trial(config: dict[str, Any], session: TrialSession, parent_run_id: str 
     cfg = config_from_dict(config["config"])
     if config.get("searched"):  # a search's trial: its sampled settings over the cell's, resolved into its run
         cfg = make_config(cfg.algo, cfg.task, cfg.preset, cfg.seed,
-                          overrides={**config["settings"], **config["searched"]})
+                          settings={**config["settings"], **config["searched"]})
     cfg = on_reserved_gpus(cfg, session.gpu_ids)
     if session.gpu_ids:  # GPU utilisation and memory beside the run's metrics (MLflow's own switch, read by the run)
         os.environ[SYSTEM_METRICS_SWITCH] = "true"

@@ -176,12 +176,12 @@ RUN_OWNED_MODEL_FIELDS = {"obs_dim": "the task", "act_dim": "the task", "discret
                           "rtg_scale": "the task", "rtg_token": "the task"}
 
 
-def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
-    """Merge ``overrides`` into ``values``; ``model.x`` or a ``model`` mapping update the model overrides, except the
+def apply_settings(values: dict[str, Any], settings: dict[str, Any], source: str) -> None:
+    """Merge ``settings`` into ``values``; ``model.x`` or a ``model`` mapping update the model overrides, except the
     fields a run fixes (``RUN_FIELDS_IN_MODEL``), which set the run's own setting."""
-    for key, value in overrides.items():
+    for key, value in settings.items():
         if key.startswith("model."):
-            apply_overrides(values, {"model": {key.removeprefix("model."): value}}, source)
+            apply_settings(values, {"model": {key.removeprefix("model."): value}}, source)
         elif key == "model":
             if not isinstance(value, dict):
                 raise DmhError(f"{source}: 'model' must be a mapping of model-config fields")
@@ -206,16 +206,16 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = None, config_file: str | None = None,
-                sets: list[str] | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+                sets: list[str] | None = None, settings: Mapping[str, Any] | None = None) -> TrainConfig:
     """Defaults → preset → YAML file → ``key=value`` strings (``sets``, the command line) → already parsed
-    ``overrides`` (a sweep's cell) → :func:`resolve_settings`. Returns the resolved config."""
+    ``settings`` (a sweep's cell) → :func:`resolve_settings`. Returns the resolved config."""
     if preset not in PRESETS:
         raise DmhError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     values = {**DEFAULTS, "model": {}}  # the model's settings gather here as overrides of what the task fixes
     preset_values = dict(PRESETS[preset])
     per_algo = preset_values.pop("algo_model", {})
-    apply_overrides(values, preset_values, f"preset {preset}")
-    apply_overrides(values, {"model": per_algo.get(algo, {})}, f"preset {preset}")
+    apply_settings(values, preset_values, f"preset {preset}")
+    apply_settings(values, {"model": per_algo.get(algo, {})}, f"preset {preset}")
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -226,9 +226,9 @@ def make_config(algo: str, task: str, preset: str = "cpu", seed: int | None = No
             raise DmhError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise DmhError(f"config file {path} must hold a mapping of settings")
-        apply_overrides(values, loaded, str(path))
-    apply_overrides(values, parse_sets(sets or []), "--set")
-    apply_overrides(values, dict(overrides or {}), "settings")
+        apply_settings(values, loaded, str(path))
+    apply_settings(values, parse_sets(sets or []), "--set")
+    apply_settings(values, dict(settings or {}), "settings")
     values.update(algo=algo, task=task, preset=preset)
     if seed is not None:
         values["seed"] = seed
@@ -270,28 +270,28 @@ def task_defaults(values: Mapping[str, Any], spec: TaskSpec) -> dict[str, Any]:
     }
 
 
-def build_model_config(settings: Mapping[str, Any], spec: TaskSpec, overrides: Mapping[str, Any]) -> ModelConfig:
+def build_model_config(settings: Mapping[str, Any], spec: TaskSpec, model: Mapping[str, Any]) -> ModelConfig:
     """The model's config: what the task and the run's settings fix (``ModelConfig.fields_for``), then the
     model.* settings, each checked against the algo's model-config annotations and ``MODEL_FIELD_BOUNDS``."""
     algo = settings["algo"]
     model_cls = config_class(algo)
     allowed = {f.name for f in dataclasses.fields(model_cls)}
-    unknown = sorted(set(overrides) - allowed)
+    unknown = sorted(set(model) - allowed)
     if unknown:
         raise DmhError(f"model: unknown field(s) {', '.join(unknown)} for algo {algo}")
-    owned = {name: RUN_OWNED_MODEL_FIELDS[name] for name in overrides if name in RUN_OWNED_MODEL_FIELDS}
-    if algorithm(algo).context == "episode" and "context_len" in overrides:
+    owned = {name: RUN_OWNED_MODEL_FIELDS[name] for name in model if name in RUN_OWNED_MODEL_FIELDS}
+    if algorithm(algo).context == "episode" and "context_len" in model:
         owned["context_len"] = "dt_context_len (the window its contexts are cut to)"
     if owned:
         raise DmhError("; ".join(f"model.{name} is set by {by}" for name, by in owned.items()))
     hints = typing.get_type_hints(model_cls)
-    for name, value in overrides.items():
+    for name, value in model.items():
         check_value(f"model.{name}", value, hints[name], MODEL_FIELD_BOUNDS.get(name))
     shape = ContextShape(obs_dim=spec.obs_dim, act_dim=spec.act_dim, discrete=spec.discrete, horizon=spec.horizon,
                          n_context=settings["n_context"], c=settings["c"], episode_window=settings["dt_context_len"],
                          rtg_scale=spec.rtg_scale, rtg_token=spec.rtg_token,
                          valuable_subgoals=settings["valuable_subgoals"])
-    return model_cls(**{**model_cls.fields_for(shape), **overrides})
+    return model_cls(**{**model_cls.fields_for(shape), **model})
 
 
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
