@@ -249,6 +249,7 @@ OPTIONS: dict[str, Rule] = {
     "--c": Integer(1, noun="c"),
     "--lengths": Integer(1, noun="memory length"),
     "--z": CHOICE,
+    "--row": CHOICE,
     "--z-dim": Integer(1, noun="z size"),
     "--num-samples": COUNT,
     "--metric": CHOICE,

@@ -391,6 +391,19 @@ def test_cells_selects_the_grids_cells_by_algo_task_or_swept_value_so_some_can_b
     assert [t["config"]["c"] for t in common.plan(c_sweep.SWEEP, args).trials] == [5]
 
 
+def test_row_long_plans_fig_2s_long_horizon_row_on_the_large_tasks_at_any_preset(workdir, monkeypatch):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)
+    grid = importlib.import_module("sweeps.grid_world")
+    args = common.build_parser(grid.SWEEP).parse_args(["--preset", "cpu", "--row", "long"])
+    configs = [t["config"] for t in common.plan(grid.SWEEP, args).trials]
+    assert {(c["algo"], c["task"]) for c in configs} == {
+        (algo, task) for algo in ("dmh", "ad-mamba", "ad-transformer")
+        for task in ("large-darkroom", "large-darkroom-hard", "large-key-to-door")}
+    assert all(c["n_context"] * {"large-key-to-door": 500}.get(c["task"], 200) == 2000 for c in configs)
+
+
 @pytest.mark.parametrize(("cells", "message"), [
     ("algo", "--cells algo: expected KEY=VALUE[,VALUE]"),
     ("colour=red", "this grid's cells have no 'colour'; they have algo, c, seed, task"),
