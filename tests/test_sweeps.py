@@ -404,6 +404,20 @@ def test_row_long_plans_fig_2s_long_horizon_row_on_the_large_tasks_at_any_preset
     assert all(c["n_context"] * {"large-key-to-door": 500}.get(c["task"], 200) == 2000 for c in configs)
 
 
+def test_the_c_sweep_runs_on_the_tasks_given_where_c_is_at_most_a_tenth_of_an_episode(workdir, monkeypatch, capsys):
+    from dmh.sweep import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "sweep_exists", lambda path: False)
+    script = importlib.import_module("sweeps.c_sensitivity")
+    args = common.build_parser(script.SWEEP).parse_args(["--preset", "cpu", "--task", "large-darkroom-hard"])
+    configs = [t["config"] for t in common.plan(script.SWEEP, args).trials]
+    assert sorted((c["task"], c["c"]) for c in configs) == [("large-darkroom-hard", c) for c in (1, 5, 10, 15, 20)]
+    assert all(c["c"] / 200 <= 0.1 for c in configs)
+    monkeypatch.setattr(common, "connect_ray", _no_ray)
+    assert common.main(script.SWEEP, ["--preset", "smoke", "--task", "large-darkroomm"]) == 2
+    assert "unknown task 'large-darkroomm'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("cells", "message"), [
     ("algo", "--cells algo: expected KEY=VALUE[,VALUE]"),
     ("colour=red", "this grid's cells have no 'colour'; they have algo, c, seed, task"),
