@@ -42,7 +42,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic-only", action="store_true",
                         help="offline: skip the cpu preset's Trainer updates (they need the Darkroom learning "
                              "histories, 1-2 minutes to generate the first time)")
+    parser.add_argument("--preset-task", default=None, metavar="TASK",
+                        help="offline: the task of the cpu preset's Trainer updates (default darkroom; e.g. "
+                             "large-darkroom for the long-horizon campaign's 2000-step contexts)")
     args = parser.parse_args(argv)
+    if args.preset_task is not None:
+        from dmh.errors import DmhError
+        from dmh.tasks import resolve_task
+
+        try:
+            resolve_task(args.preset_task)
+        except DmhError as exc:
+            parser.error(f"--preset-task: {exc}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.device != "cpu" and not torch.cuda.is_available():
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = part.QUICK if args.quick else part.FULL
         if name == "offline" and args.synthetic_only:
             settings = replace(settings, preset=False)
+        if name == "offline" and args.preset_task is not None:
+            settings = replace(settings, preset_task=args.preset_task)
         part_start = time.perf_counter()
         part_rows = part.run(settings, args.threads)
         header[f"{name}_seconds"] = round(time.perf_counter() - part_start, 1)

@@ -98,3 +98,13 @@ def test_the_online_part_steps_its_models_on_the_chosen_device(device: str, monk
     rows += online.reencoding_rows(online.build("ad-transformer"), 1, s)
     rows += online.single_episode_rows("dt", 1, s)
     assert len(rows) == 3 and all(r.value > 0 for r in rows)
+
+
+def test_an_unknown_preset_task_is_one_line_before_anything_is_measured(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--only", "offline", "--preset-task", "large-darkroomm"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--preset-task: unknown task 'large-darkroomm'" in err and "Traceback" not in err
