@@ -41,6 +41,13 @@ def test_the_short_horizon_campaign_runs_fig2s_short_row_fig4a_and_tmaze_seed_by
     assert len(names) == 15
 
 
+def test_the_long_horizon_campaign_runs_fig2s_long_row_and_the_large_c_sweep_seed_by_seed():
+    long = campaign.CAMPAIGNS["long-horizon"]
+    names = [step.name for step in campaign.steps(long.stages, long.first)]
+    assert names[:4] == ["grid_world_long_cpu_s0", "c_large_cpu_s0", "grid_world_long_cpu_s1", "c_large_cpu_s1"]
+    assert len(names) == 10  # three seeds of every cell come before seeds 4 and 5
+
+
 def test_every_campaign_sweep_accepts_its_arguments(sweep_workdir, capsys):
     """Each stage's script parses the campaign's arguments (a typo would otherwise surface hours into a campaign)."""
     for stage in {s for c in campaign.CAMPAIGNS.values() for s in c.stages}:
