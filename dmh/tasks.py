@@ -109,6 +109,22 @@ def task_dataset(spec: TaskSpec, data_steps: int, data_seed: int, dataset_path: 
     return load_or_build(cached_path(spec.name, asdict(tcfg), data_dir), lambda: generate_tmaze(tcfg))[0]
 
 
+def held_out_histories(spec: TaskSpec, data_steps: int, data_seed: int, data_dir: Path | None = None
+                       ) -> EpisodeDataset | None:
+    """Learning histories on the held-out tasks (Grid World; None elsewhere): one learner per held-out task, each
+    with as many steps as a training learner gets, made and cached like the training data. What a model's loss on
+    tasks it never trained on is measured with (``Trainer.held_out_loss``)."""
+    if spec.kind != "grid":
+        return None
+    train = history_config(spec.name, steps=data_steps, seed=data_seed)
+    per_learner = train.steps // (train.num_tasks * train.histories_per_task)
+    held_out = len(tasks(spec.env_id, "test"))
+    cfg = history_config(spec.name, steps=per_learner * held_out * train.histories_per_task, seed=data_seed,
+                         num_tasks=held_out)
+    return load_or_build(cached_path(f"{spec.name}-held-out", asdict(cfg), data_dir),
+                         lambda: generate_histories(cfg, split="test"))[0]
+
+
 def held_out_tasks(spec: TaskSpec, count: int | None = None) -> np.ndarray:
     """Held-out test tasks [n, task_dim] (Grid World: the family's test list; T-maze: goal sides drawn at reset)."""
     if spec.kind == "grid":

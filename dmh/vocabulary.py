@@ -32,6 +32,9 @@ class Metric:
     LAST_RETURN_SE_DURING_TRAINING = "eval/last_return_se_during_training"  # the same, at eval_every during training
     TRAIN_LOSS_Z = "train/loss_z"  # DM-H: the z branch's action loss (train/loss adds 0.5 x the f(s_g) branch's)
     TRAIN_LOSS_GOAL = "train/loss_goal"  # DM-H: the valuable-sub-goal branch's action loss, with z = f(s_g)
+    HELD_OUT_LOSS = "eval/held_out_loss"  # the model's loss (eval mode) on one fixed batch of learning histories of
+    # the held-out tasks (Grid World): against train/loss, whether it still learns what transfers
+    HELD_OUT_LOSS_DURING_TRAINING = "eval/held_out_loss_during_training"  # the same, at eval_every during training
     NORMALIZED_SCORE = "eval/normalized_score"  # D4RL normalised last-episode score
     ONLINE_MIN = "time/online_min"  # minutes of online evaluation (paper Table 4, Fig. 3b)
     OFFLINE_H_PER_10K = "time/offline_h_per_10k_updates"  # training hours per 10k updates (Table 4, Fig. 5)
@@ -41,7 +44,8 @@ class Metric:
     # What the report summarises per run (the final value of each), and what a run logs only as a diagnostic.
     RESULTS = (LAST_RETURN, NORMALIZED_SCORE, ONLINE_MIN, OFFLINE_H_PER_10K, OOM, TRAIN_LOSS)
     DIAGNOSTICS = (LAST_RETURN_DURING_TRAINING, FIRST_RETURN_DURING_TRAINING, LAST_RETURN_SE_DURING_TRAINING,
-                   FIRST_RETURN, LAST_RETURN_SE, TRAIN_LOSS_Z, TRAIN_LOSS_GOAL)
+                   FIRST_RETURN, LAST_RETURN_SE, TRAIN_LOSS_Z, TRAIN_LOSS_GOAL, HELD_OUT_LOSS,
+                   HELD_OUT_LOSS_DURING_TRAINING)
     # The parts a model's loss reports beside the total (``model.loss`` returns them by these names) → their keys.
     LOSS_PARTS: ClassVar[dict[str, str]] = {"loss_z": TRAIN_LOSS_Z, "loss_goal": TRAIN_LOSS_GOAL}
     CURVE = EVAL_RETURN

@@ -587,3 +587,19 @@ def test_a_cache_exported_before_the_best_and_z_columns_asks_for_a_re_export(rep
         tmp_path / "runs.csv", index=False)
     with pytest.raises(DmhError, match=r"lacks column.*z, z_dim, best_return.*re-export it"):
         load_export(tmp_path)
+
+
+def test_the_held_out_loss_of_each_evaluation_reaches_the_training_curves_and_old_caches_still_load(tmp_path):
+    from dmh.report.export import save_export
+
+    store = Store(tmp_path / "mlflow.db")
+    run_id = store.run("grid_world", "dmh", "darkroom", 0, last_return=5.0, steps=100, during=[2.0])
+    store.client.log_metric(run_id, Metric.HELD_OUT_LOSS_DURING_TRAINING, 1.25, step=50)
+    store.client.log_metric(run_id, Metric.HELD_OUT_LOSS, 0.75, step=100)
+    training = export_runs(store.uri).training
+    assert list(training["step"]) == [50, 100] and list(training["held_out_loss"]) == [1.25, 0.75]
+    old = export_runs(store.uri)
+    save_export(old, tmp_path / "cache")
+    frame = pd.read_csv(tmp_path / "cache" / "training.csv").drop(columns="held_out_loss")
+    frame.to_csv(tmp_path / "cache" / "training.csv", index=False)  # as a cache exported before the column
+    assert load_export(tmp_path / "cache").training["held_out_loss"].isna().all()

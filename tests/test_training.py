@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from dmh.cli import main
 from dmh.errors import DmhError
+from dmh.tasks import held_out_histories
 from dmh.training.checkpoint import load_checkpoint, restore_rng, rng_state
 from dmh.training.config import config_from_dict, make_config, torch_device
 from dmh.training.contexts import to_device
@@ -189,6 +190,26 @@ def test_a_dmh_run_logs_its_two_loss_branches_and_each_evaluation_s_first_last_a
     assert all(set(h) == {4} for h in final)
     assert final[0][4] == pytest.approx(result.evaluation.returns[:, -1].mean())
     assert final[1][4] == pytest.approx(result.evaluation.returns[:, 0].mean())
+
+
+def test_a_grid_world_run_logs_its_loss_on_the_held_out_tasks_histories_at_every_evaluation(workdir):
+    from dmh.envs.gridworld import tasks
+
+    trainer = Trainer(smoke("ad-mamba", steps=4, log_every=2, eval_every=2))
+    held_out = trainer.held_out_batch
+    assert held_out is not None and held_out["obs"].shape[0] == trainer.cfg.batch_size
+    before = trainer.held_out_loss()
+    assert trainer.held_out_loss() == before  # one fixed batch, eval mode: the same number until the model changes
+    result = train_run(smoke("ad-mamba", steps=4, log_every=2, eval_every=2))
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    during = client.get_metric_history(result.run_id, "eval/held_out_loss_during_training")
+    final = client.get_metric_history(result.run_id, "eval/held_out_loss")
+    assert [m.step for m in during] == [2] and [m.step for m in final] == [4]
+    assert np.isfinite([m.value for m in (*during, *final)]).all()
+    data = held_out_histories(trainer.spec, trainer.cfg.data_steps, trainer.cfg.data_seed, None)
+    assert data.metadata["split"] == "test"
+    assert {tuple(t) for t in data.tasks} <= {tuple(t) for t in tasks(trainer.spec.env_id, "test")}
+    assert not {tuple(t) for t in data.tasks} & {tuple(t) for t in tasks(trainer.spec.env_id, "train")}
 
 
 def test_a_model_without_loss_parts_logs_only_its_total(workdir):

@@ -87,9 +87,13 @@ def check_history_config(cfg: HistoryConfig) -> GridFamily:
     return family
 
 
-def generate_histories(cfg: HistoryConfig, show_progress: bool = True) -> EpisodeDataset:
-    """Train one Q-learner per (task, seed) and return every episode it played, history by history, in order."""
+def generate_histories(cfg: HistoryConfig, show_progress: bool = True, split: str = "train") -> EpisodeDataset:
+    """Train one Q-learner per (task, seed) and return every episode it played, history by history, in order.
+    ``split`` "test": on the first ``num_tasks`` held-out tasks instead (the data a held-out loss is measured on)."""
     family = check_history_config(cfg)
+    if cfg.num_tasks > len(tasks(family.env_id, split)):
+        raise DmhError(f"num_tasks must be at most the {len(tasks(family.env_id, split))} {split} tasks of "
+                       f"{family.name}, got {cfg.num_tasks}")
     lc = cfg.learner
     task_rows = np.repeat(np.arange(cfg.num_tasks), cfg.histories_per_task)  # [L] task of each learner
     learners = task_rows.size
@@ -97,7 +101,7 @@ def generate_histories(cfg: HistoryConfig, show_progress: bool = True) -> Episod
     H = family.horizon
     rng = np.random.default_rng(cfg.seed)
     core = GridWorldCore(family, learners)
-    task_list = tasks(family.env_id, "train")[task_rows]
+    task_list = tasks(family.env_id, split)[task_rows]
     key_states = 2 if family.rule == "key_to_door" else 1  # Key-to-Door learners also know whether they hold the key
     q = np.full((learners, family.size * family.size * key_states, core.num_actions), lc.optimistic_init)
     rows = np.arange(learners)
@@ -163,7 +167,7 @@ def generate_histories(cfg: HistoryConfig, show_progress: bool = True) -> Episod
         metadata={
             "env_id": family.env_id,
             "env_name": family.name,
-            "split": "train",
+            "split": split,
             "discrete": True,
             "num_actions": core.num_actions,
             "horizon": H,

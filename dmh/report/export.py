@@ -67,7 +67,9 @@ TRAINING_EVALS = {
     "first_return": (Metric.FIRST_RETURN_DURING_TRAINING, Metric.FIRST_RETURN),
     "last_return": (Metric.LAST_RETURN_DURING_TRAINING, Metric.LAST_RETURN),
     "last_return_se": (Metric.LAST_RETURN_SE_DURING_TRAINING, Metric.LAST_RETURN_SE),
+    "held_out_loss": (Metric.HELD_OUT_LOSS_DURING_TRAINING, Metric.HELD_OUT_LOSS),
 }
+LATER_TRAINING_COLUMNS = ("held_out_loss",)  # added after caches were committed: absent in those, read as missing
 TRAINING_LOSSES = {"loss": Metric.TRAIN_LOSS, "loss_z": Metric.TRAIN_LOSS_Z, "loss_goal": Metric.TRAIN_LOSS_GOAL}
 TRAINING_COLUMNS = ["run_id", "step", *TRAINING_EVALS, *TRAINING_LOSSES]
 
@@ -285,6 +287,8 @@ def load_export(folder: Path) -> Export:
     runs["z_dim"] = runs["z_dim"].astype("Int64")  # as exported: read_csv makes an integer column with gaps float
     training_path = folder / "training.csv"
     training = (pd.read_csv(training_path) if training_path.exists() else pd.DataFrame(columns=TRAINING_COLUMNS))
+    training = training.reindex(columns=[*training.columns, *(c for c in LATER_TRAINING_COLUMNS
+                                                               if c not in training.columns)])
     absent = [c for c in TRAINING_COLUMNS if c not in training.columns]
     if absent:
         raise DmhError(f"{training_path} lacks column(s) {', '.join(absent)}: re-export it")

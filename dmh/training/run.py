@@ -41,6 +41,9 @@ def log_evaluation(run: TrackedRun, trainer: Trainer, result: EvalResult) -> dic
         Metric.ONLINE_MIN: result.online_seconds / 60,
         Metric.OFFLINE_H_PER_10K: offline_hours_per_10k(trainer.train_seconds, trainer.step),
     }
+    held_out = trainer.held_out_loss()
+    if held_out is not None:
+        metrics[Metric.HELD_OUT_LOSS] = held_out
     if trainer.spec.kind == "d4rl":
         metrics[Metric.NORMALIZED_SCORE] = float(np.mean(normalized_score(trainer.spec.name, result.returns[:, -1])))
     run.log_metrics(metrics, step=trainer.step)

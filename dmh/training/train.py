@@ -23,7 +23,7 @@ from dmh.evaluation.online import EvalResult, evaluate_online
 from dmh.io import check_writable_dir
 from dmh.models import algorithm, build_model
 from dmh.progress import progress
-from dmh.tasks import task_dataset
+from dmh.tasks import held_out_histories, task_dataset
 from dmh.training.checkpoint import (
     config_differences,
     load_checkpoint,
@@ -117,6 +117,13 @@ class Trainer:
         self.run_id: str | None = None
         self.last_loss = math.nan
         self.rng = rng_state(self.sampler.rng, self.device)  # the streams fit() starts from (a resume replaces them)
+        # one fixed batch of the held-out tasks' histories (Grid World; drawn by its own generator, so training's
+        # streams are untouched): the data of held_out_loss
+        held_out = None if cfg.dataset_path is not None else held_out_histories(
+            self.spec, cfg.data_steps, cfg.data_seed, Path(cfg.data_dir) if cfg.data_dir else None)
+        self.held_out_batch = None if held_out is None else ContextSampler(
+            held_out, context_spec(cfg, held_out), self.obs_mean, self.obs_std, seed=cfg.eval_seed,
+        ).sample(cfg.batch_size)
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -184,6 +191,16 @@ class Trainer:
                                    episodes=self.cfg.eval_episodes, seed=self.cfg.eval_seed,
                                    sample=self.cfg.eval_sample)
 
+    def held_out_loss(self) -> float | None:
+        """The model's loss (eval mode) on the held-out tasks' batch (None without one), leaving every random stream
+        as it was (resume stays exact)."""
+        if self.held_out_batch is None:
+            return None
+        self.model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), torch.no_grad():
+            loss, _ = self.model.loss(to_device(self.held_out_batch, self.device))
+        return float(loss)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=step)
@@ -207,9 +224,12 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.train_seconds += time.perf_counter() - timer
                 result = self.evaluate()
+                held_out = self.held_out_loss()
                 self.log_metrics({Metric.LAST_RETURN_DURING_TRAINING: result.last_return,
                                   Metric.FIRST_RETURN_DURING_TRAINING: result.first_return,
-                                  Metric.LAST_RETURN_SE_DURING_TRAINING: result.last_return_se}, self.step)
+                                  Metric.LAST_RETURN_SE_DURING_TRAINING: result.last_return_se,
+                                  **({} if held_out is None else {Metric.HELD_OUT_LOSS_DURING_TRAINING: held_out})},
+                                 self.step)
                 timer = time.perf_counter()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.train_seconds += time.perf_counter() - timer
