@@ -128,3 +128,23 @@ def test_timing_claims_count_the_baseline_minus_dmh_and_t_maze_return_is_judged_
     assert row(numbers, "fig3a", "tmaze-50")["verdict"] == claims.REPRODUCED  # 1.0 every seed, above 0.9
     assert row(numbers, "fig3a", "tmaze-200")["verdict"] == claims.NOT_REPRODUCED
     assert row(numbers, "fig3a", "tmaze-1000")["verdict"] == claims.NO_RUNS  # the paper's lengths stay listed
+
+
+def test_the_long_horizon_claims_are_judged_on_the_large_tasks_beside_the_papers_numbers():
+    runs, curves = [], []
+    for s in range(3):
+        for algo, last in (("dmh", 9.0 + s), ("ad-transformer", 1.0), ("ad-mamba", 2.0 + 0.1 * s)):
+            runs.append(run("grid_world", algo, "large-darkroom", s, last_return=last))
+            curves += [(runs[-1]["run_id"], e, v) for e, v in enumerate([0.5, last], start=1)]
+    runs += [run("c_sensitivity", "dmh", "large-darkroom-hard", s, c=c, last_return=0.5 + (c >= 10) * (0.19 + 0.01 * s))
+             for c in (1, 5, 10, 15, 20) for s in range(3)]
+    numbers = judged(runs, curves)
+    for ad, paper in (("AD (Transformer)", 0.90), ("AD (Mamba)", None)):
+        got = row(numbers, "fig2", "large-darkroom", ad)
+        assert (got["n"], got["verdict"]) == (3, claims.REPRODUCED)
+        assert got["paper_better"] == pytest.approx(15.10)
+        if paper is not None:
+            assert got["paper_worse"] == pytest.approx(paper)
+    c_study = row(numbers, "fig4b", "large-darkroom-hard")
+    assert (c_study["n"], c_study["verdict"]) == (3, claims.REPRODUCED)
+    assert c_study["difference"] == pytest.approx(0.2)  # the mean over seeds of 0.19, 0.20, 0.21
