@@ -53,7 +53,8 @@ TMAZE = ("--lengths", "50", "200", "--set", "steps=1000", "--set", "eval_tasks=0
          "--set", "checkpoint_every=250")
 # The Large tasks' 2000-step contexts: one update of every run of the long-horizon campaign costs about 180 s summed
 # (docs/results.md, "The long-horizon campaign"), so 1000 updates keep it under the issue's 60 trial-hours with its
-# evaluations; the pilot on Large Darkroom shows whether the curves flatten by then
+# evaluations. Provisional: the pilot on Large Darkroom found AD (Mamba) still rising at 2000 updates, so the grid
+# (c values, tasks) or the scale is to be cut to afford more updates before this campaign runs
 LONG = ("--set", "steps=1000", "--set", "eval_tasks=0", "--set", "eval_every=250", "--set", "checkpoint_every=250")
 
 
