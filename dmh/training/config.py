@@ -244,10 +244,7 @@ def resolve_settings(values: dict[str, Any]) -> TrainConfig:
         if name != "model":
             check_field(name, value)
     spec = resolve_task(values["task"])
-    resolved = task_defaults(values, spec)
-    for name in ("n_context", "c"):
-        check_value(name, resolved[name], int, POSITIVE)
-    settings = {**values, **resolved}
+    settings = {**values, **task_defaults(values, spec)}  # TrainConfig checks what the task filled in
     cfg = TrainConfig(**{**settings, "model": build_model_config(settings, spec, model)})
     check_against_data(cfg, planned_episodes_per_history(cfg))
     return cfg

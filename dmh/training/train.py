@@ -99,8 +99,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
-        self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path,
-                                 Path(cfg.data_dir) if cfg.data_dir else None)
+        data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+        self.data = task_dataset(self.spec, cfg.data_steps, cfg.data_seed, cfg.dataset_path, data_dir)
         # data read from a file (D4RL, dataset_path): its histories are known only now, before a model is built
         check_against_data(cfg, self.data.num_episodes // self.data.counts()["histories"])
         self.obs_mean, self.obs_std = observation_stats(self.data)
@@ -120,7 +120,7 @@ class Trainer:
         # one fixed batch of the held-out tasks' histories (Grid World; drawn by its own generator, so training's
         # streams are untouched): the data of held_out_loss
         held_out = None if cfg.dataset_path is not None else held_out_histories(
-            self.spec, cfg.data_steps, cfg.data_seed, Path(cfg.data_dir) if cfg.data_dir else None)
+            self.spec, cfg.data_steps, cfg.data_seed, data_dir)
         self.held_out_batch = None if held_out is None else ContextSampler(
             held_out, context_spec(cfg, held_out), self.obs_mean, self.obs_std, seed=cfg.eval_seed,
         ).sample(cfg.batch_size)
