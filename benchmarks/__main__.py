@@ -25,6 +25,8 @@ import torch
 
 from benchmarks import common, data, offline, online, scan, sweep
 from benchmarks.common import Row, machine_info, write_results
+from dmh.errors import DmhError
+from dmh.tasks import resolve_task
 
 PARTS: dict[str, ModuleType] = {"online": online, "offline": offline, "scan": scan, "data": data, "sweep": sweep}
 DEFAULT_OUT = Path("/tmp/dmh-benchmarks")  # outside the checkout: results are not part of the repository
@@ -45,15 +47,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset-task", default=None, metavar="TASK",
                         help="offline: the task of the cpu preset's Trainer updates (default darkroom; e.g. "
                              "large-darkroom for the long-horizon campaign's 2000-step contexts)")
+    parser.add_argument("--preset-c", type=int, nargs="+", default=[], metavar="C",
+                        help="offline: also time the cpu preset's DM-H at these c (every block decoded), e.g. 1 5 10 "
+                             "15 20 for the cost of a c sweep on --preset-task")
     args = parser.parse_args(argv)
-    if args.preset_task is not None:
-        from dmh.errors import DmhError
-        from dmh.tasks import resolve_task
-
-        try:
-            resolve_task(args.preset_task)
-        except DmhError as exc:
-            parser.error(f"--preset-task: {exc}")
+    try:
+        task = resolve_task(args.preset_task or offline.QUICK.preset_task)
+    except DmhError as exc:
+        parser.error(f"--preset-task: {exc}")
+    bad_c = [c for c in args.preset_c if not 1 <= c <= task.horizon]
+    if bad_c:
+        parser.error(f"--preset-c: c must be between 1 and {task.name}'s episode length {task.horizon}, got {bad_c[0]}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.device != "cpu" and not torch.cuda.is_available():
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = replace(settings, preset=False)
         if name == "offline" and args.preset_task is not None:
             settings = replace(settings, preset_task=args.preset_task)
+        if name == "offline" and args.preset_c:
+            settings = replace(settings, preset_c=tuple(args.preset_c))
         part_start = time.perf_counter()
         part_rows = part.run(settings, args.threads)
         header[f"{name}_seconds"] = round(time.perf_counter() - part_start, 1)

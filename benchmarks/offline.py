@@ -64,6 +64,7 @@ class OfflineSettings:
     preset_task: str  # the preset's task
     preset_updates: int  # timed Trainer updates per algo, after 3 warm-up ones
     memory_context: int  # steps of the one context whose DM-H forward + backward peak memory is measured
+    preset_c: tuple[int, ...] = ()  # DM-H's c values timed besides the task's own c (every block decoded)
 
 
 QUICK = OfflineSettings(contexts=(200,), batch_size=4, episodes=4, repetitions=2, preset=True, preset_task="darkroom",
@@ -123,12 +124,17 @@ def memory_rows(s: OfflineSettings, threads: int) -> list[Row]:
     return [row(PART, LABELS["dmh"], Measure.PEAK_MIB, result["peak_mib"], 1, s.memory_context, 1, note)]
 
 
+def preset_models(s: OfflineSettings) -> dict[str, tuple[str, list[str]]]:
+    """The preset's models to time, by row label: each algorithm, the variants, and DM-H at every c of ``preset_c``."""
+    with_c = {f"DM-H (c={c})": ("dmh", [f"c={c}"]) for c in s.preset_c}
+    return {LABELS[a]: (a, []) for a in PRESET_ALGOS} | PRESET_VARIANTS | with_c
+
+
 def preset_rows(s: OfflineSettings, threads: int) -> list[Row]:
     rows = []
     run_dir = tempfile.mkdtemp(prefix="dmh-benchmarks-runs-")  # the Trainer checks it; nothing is saved
     try:
-        models = {LABELS[a]: (a, []) for a in PRESET_ALGOS} | PRESET_VARIANTS
-        for label, (algo, sets) in models.items():
+        for label, (algo, sets) in preset_models(s).items():
             cfg = make_config(algo, s.preset_task, "cpu", sets=[f"threads={threads}", f"run_dir={run_dir}", *sets])
             trainer = Trainer(cfg)
             seconds = median_seconds(trainer.train_step, s.preset_updates, warmup=3)
@@ -187,7 +193,7 @@ def table(rows: list[Row], s: OfflineSettings) -> str:
     if preset:
         contexts = sorted({r.context for r in preset})
         batches = sorted({r.batch for r in preset})
-        labels = [PRESET + LABELS[a] for a in PRESET_ALGOS] + [PRESET + v for v in PRESET_VARIANTS]
+        labels = [PRESET + label for label in preset_models(s)]
         parts += [
             wide_table(f"Offline: s per update, cpu preset on {s.preset_task} (Trainer.train_step)", preset, labels,
                        Measure.UPDATE_S, contexts, batches),

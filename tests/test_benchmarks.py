@@ -108,3 +108,23 @@ def test_an_unknown_preset_task_is_one_line_before_anything_is_measured(capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "--preset-task: unknown task 'large-darkroomm'" in err and "Traceback" not in err
+
+
+def test_preset_c_times_dmh_at_each_c_beside_the_presets_models() -> None:
+    from dataclasses import replace
+
+    from benchmarks import offline
+
+    models = offline.preset_models(replace(offline.QUICK, preset_c=(1, 10)))
+    assert models["DM-H (c=1)"] == ("dmh", ["c=1"]) and models["DM-H (c=10)"] == ("dmh", ["c=10"])
+    assert set(offline.preset_models(offline.QUICK)) == set(models) - {"DM-H (c=1)", "DM-H (c=10)"}
+
+
+def test_a_preset_c_longer_than_the_tasks_episodes_is_one_line_before_anything_is_measured(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--only", "offline", "--preset-c", "5", "21"])  # Darkroom's episodes are 20 steps
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--preset-c: c must be between 1 and darkroom's episode length 20, got 21" in err and "Traceback" not in err
