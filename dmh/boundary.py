@@ -233,6 +233,7 @@ OPTIONS: dict[str, Rule] = {
     "--tracking-uri": CheckedPath("dmh.tracking.check_store"),
     "--experiments": Text(),
     "--from-cache": CheckedPath("dmh.report.make_all.cache_folder: a report folder, or its data/, with runs.csv"),
+    "--verdicts-before": CheckedPath("dmh.report.make_all.cache_folder: a report folder, or its data/, with runs.csv"),
     # every sweep script
     "--seeds": Integer(1, MAX_SWEEP_SEEDS + 1),  # per cell; dmh evaluate's are seeds (PER_COMMAND)
     "--first-seed": SEED,  # and --first-seed + --seeds within SEED (dmh.sweep.plan)

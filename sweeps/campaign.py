@@ -16,10 +16,11 @@ store is ``<storage>/mlflow.db`` unless ``--tracking-uri`` says otherwise; each 
 
 ``--results FOLDER`` keeps the campaign beyond its store: after every sweep, finished or interrupted, its experiment's
 runs are merged into the report cache ``FOLDER/data`` (one row per trial, the latest result winning), the report is
-redrawn there from the cache, and a finished sweep is listed in ``FOLDER/data/campaign.json``. A listed sweep counts
-as done in any later sitting, with a new store or none, so a campaign spans machines whose ignored folders do not
-survive; commit FOLDER after each sweep. What is lost with a store is only the Tune state of an unfinished sweep: it
-starts again, and its runs replace the merged ones trial by trial.
+redrawn there from the cache (with which verdicts moved against the report the campaign reruns, where it names one),
+and a finished sweep is listed in ``FOLDER/data/campaign.json``. A listed sweep counts as done in any later sitting,
+with a new store or none, so a campaign spans machines whose ignored folders do not survive; commit FOLDER after each
+sweep. What is lost with a store is only the Tune state of an unfinished sweep: it starts again, and its runs replace
+the merged ones trial by trial.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from dmh.sweep.plan import check_storage
 from dmh.tracking import check_store, open_client
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent  # the checkout: campaigns name committed reports relative to it
 # The cpu preset's full training, every held-out task, and evaluations along the way (so best-during-training exists).
 CPU = ("--set", "steps=3000", "--set", "eval_tasks=0", "--set", "eval_every=500", "--set", "checkpoint_every=500")
 # T-maze: at 50 DT and DM-H reach return 1 within 750 updates; at 1000 one update took DT 7.8 s, DM 10.7 s, DM-H 2.3 s
@@ -87,10 +89,12 @@ class Campaign:
 
     stages: tuple[Stage, ...]
     first: tuple[str, ...] = ()  # stage keys run to their last seed first
+    verdicts_before: str | None = None  # a committed report (path in the checkout) whose verdicts --results' report
+    # sets its own beside (tables/claims_moved.*): what this campaign reruns
 
 
 CAMPAIGNS = {
-    "short-horizon": Campaign((GRID_WORLD, SUBGOAL, TMAZE_STAGE)),
+    "short-horizon": Campaign((GRID_WORLD, SUBGOAL, TMAZE_STAGE), verdicts_before="docs/results/campaign"),
     "z-study": Campaign((Z_STUDY,), first=("z_study",)),
     "darkroom-c": Campaign((DARKROOM_C,)),
     "long-horizon": Campaign((GRID_WORLD_LONG, LARGE_C)),
@@ -130,12 +134,16 @@ class Results:
     """The report folder a campaign keeps its runs in (``--results``): its cache (``data/``) and the manifest of the
     sweeps that finished into it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, verdicts_before: Path | None = None) -> None:
         from dmh.report.export import load_export
+        from dmh.report.make_all import cache_folder
 
         self.folder = folder
         self.data = folder / "data"
         check_writable_dir(self.data, "--results")
+        if verdicts_before is not None:
+            cache_folder(verdicts_before, "the campaign's earlier report")  # there, before any sweep runs
+        self.verdicts_before = verdicts_before
         self.cache = load_export(self.data) if (self.data / "runs.csv").exists() else None  # a bad cache: one line
         manifest = self.data / MANIFEST
         try:
@@ -155,7 +163,8 @@ class Results:
             return
         self.cache = export if self.cache is None else merge_exports(self.cache, export)
         save_export(self.cache, self.data)
-        build_report(self.folder, None, None, from_cache=True, echo=lambda _: None)
+        build_report(self.folder, None, None, from_cache=True, echo=lambda _: None,
+                     verdicts_before=self.verdicts_before)
         if finished and step.name not in self.finished:
             self.finished.append(step.name)
         with atomic_path(self.data / MANIFEST) as tmp:  # last: a sweep is listed only once its runs are kept
@@ -188,13 +197,14 @@ def sweep_name(script: str) -> str:
 
 
 def run(stages: tuple[Stage, ...], storage: str, tracking_uri: str | None, dry_run: bool = False,
-        first: tuple[str, ...] = FIRST, results: Path | None = None) -> int:
+        first: tuple[str, ...] = FIRST, results: Path | None = None, verdicts_before: Path | None = None) -> int:
     """Run every step not yet done, in order; stop at the first sweep that does not finish (its exit code).
-    ``results``: the report folder the campaign's runs are kept in (the module docstring)."""
+    ``results``: the report folder the campaign's runs are kept in (the module docstring); ``verdicts_before``: the
+    report whose verdicts that folder's report sets its own beside."""
     storage = check_storage(storage)
     tracking_uri = tracking_uri or f"sqlite:///{Path(storage) / 'mlflow.db'}"
     check_store(tracking_uri)
-    kept = None if results is None else Results(results)
+    kept = None if results is None else Results(results, verdicts_before)
     lock = None if dry_run else (Path(storage) / "campaign.lock").open("w")  # held while this function runs
     if lock is not None:
         try:
@@ -277,8 +287,9 @@ def main(argv: list[str] | None = None, stages: tuple[Stage, ...] | None = None)
                     raise DmhError(f"--only: unknown stage(s) {', '.join(unknown)}; valid: "
                                    f"{', '.join(s.key for s in stages)}")
                 stages = tuple(s for s in stages if s.key in args.only)
+            before = ROOT / chosen.verdicts_before if chosen.verdicts_before else None
             return run(stages, args.storage or f"sweep_results/{args.campaign}", args.tracking_uri, args.dry_run,
-                       first=chosen.first, results=args.results)
+                       first=chosen.first, results=args.results, verdicts_before=before)
         except DmhError as exc:
             print(f"campaign: error: {exc}", file=sys.stderr)
             return EXIT_BAD_ARGUMENTS

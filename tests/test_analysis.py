@@ -603,3 +603,18 @@ def test_the_held_out_loss_of_each_evaluation_reaches_the_training_curves_and_ol
     frame = pd.read_csv(tmp_path / "cache" / "training.csv").drop(columns="held_out_loss")
     frame.to_csv(tmp_path / "cache" / "training.csv", index=False)  # as a cache exported before the column
     assert load_export(tmp_path / "cache").training["held_out_loss"].isna().all()
+
+
+def test_the_report_says_which_verdicts_moved_against_an_earlier_reports_runs(report, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert make_all.main(["--from-cache", str(report), "--out", str(out), "--verdicts-before", str(report)]) == 0
+    moved = pd.read_csv(out / "tables" / "claims_moved.csv")
+    judged = pd.read_csv(report / "tables" / "claims.csv")
+    assert len(moved) == int((judged["n"] > 0).sum()) and not moved["moved"].any()  # the same runs: nothing moved
+    assert "claims_moved" in (out / "index.md").read_text()
+    assert f"0 of {len(moved)} moved" in capsys.readouterr().out
+    assert make_all.main(["--from-cache", str(report), "--out", str(tmp_path / "x"), "--verdicts-before",
+                          str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--verdicts-before" in err and "no report cache there" in err
+    assert not (tmp_path / "x").exists()

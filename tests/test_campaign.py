@@ -160,6 +160,14 @@ def test_results_keep_a_campaign_across_sittings_whose_stores_are_lost(sweep_wor
     assert f"c_cpu_s1 (Fig. 4b): done (kept in {results})" in out
     assert trial_runs(second) == [] and not list(second.glob("*.log"))
 
+    beside = campaign.Results(results, verdicts_before=results)  # a rerun set beside a report: here, the same runs
+    beside.keep(campaign.Step(SMOKE[0], 0), f"sqlite:///{first / 'mlflow.db'}", finished=True)
+    import pandas as pd
+
+    moved = pd.read_csv(results / "tables" / "claims_moved.csv")  # redrawn with it (the smoke c sweep judges no claim)
+    judged = pd.read_csv(results / "tables" / "claims.csv")
+    assert len(moved) == int((judged["n"] > 0).sum()) and not moved["moved"].any()
+
 
 def test_a_broken_campaign_manifest_fails_in_one_line_before_any_sweep(sweep_workdir, capsys):
     (sweep_workdir / "results" / "data").mkdir(parents=True)
@@ -217,3 +225,12 @@ def test_sigint_to_a_background_driver_stops_the_sweep_gracefully_and_the_campai
     assert sorted(r.data.params["c"] for r in after) == ["1", "10", "5"] and {r.info.status for r in after} == {
         "FINISHED"}
     assert finished_before <= {r.info.run_id for r in after}  # what had finished was not run again
+
+
+def test_the_short_horizon_rerun_sets_its_verdicts_beside_the_committed_campaign_it_reruns(tmp_path, capsys):
+    from dmh.report.make_all import cache_folder
+
+    before = campaign.CAMPAIGNS["short-horizon"].verdicts_before
+    assert cache_folder(campaign.ROOT / before).is_dir()  # committed, so every clone has it
+    with pytest.raises(campaign.DmhError, match="the campaign's earlier report"):
+        campaign.Results(tmp_path / "results", verdicts_before=tmp_path / "nothing")

@@ -148,3 +148,46 @@ def test_the_long_horizon_claims_are_judged_on_the_large_tasks_beside_the_papers
     c_study = row(numbers, "fig4b", "large-darkroom-hard")
     assert (c_study["n"], c_study["verdict"]) == (3, claims.REPRODUCED)
     assert c_study["difference"] == pytest.approx(0.2)  # the mean over seeds of 0.19, 0.20, 0.21
+
+
+def claims_of(runs: list[dict], curves: list[tuple[str, int, float]]) -> claims.Table:
+    export = Export(pd.DataFrame(runs, columns=RUN_COLUMNS), pd.DataFrame(list(curves), columns=CURVE_COLUMNS), {})
+    paper = load_paper_numbers()
+    return claims.claims_table(export, {name: cells(export, paper, view) for name, view in VIEWS.items()})
+
+
+def fig2_runs(tasks: tuple[str, ...], dmh_ahead: bool) -> tuple[list[dict], list[tuple[str, int, float]]]:
+    """Three seeds of DM-H and AD (Transformer) on ``tasks``, DM-H's last episode 2 above or below AD's."""
+    runs, curves = [], []
+    for task in tasks:
+        for s in range(3):
+            for algo, last in (("dmh", 5.0 + s + (2 if dmh_ahead else -2)), ("ad-transformer", 5.0 + s)):
+                runs.append(run("grid_world", algo, task, s, last_return=last))
+                curves += [(runs[-1]["run_id"], 1, 1.0), (runs[-1]["run_id"], 2, last)]
+    return runs, curves
+
+
+def test_a_verdict_moves_only_where_both_reports_judge_the_claim_and_each_other_row_says_which_has_runs():
+    before = claims_of(*fig2_runs(("darkroom", "darkroom-hard"), dmh_ahead=True))
+    after = claims_of(*fig2_runs(("darkroom", "key-to-door"), dmh_ahead=False))
+    moved = claims.moved_table(before, after, "the earlier campaign")
+    numbers, text = moved.numbers, moved.text
+
+    def at(task: str, says: str) -> int:
+        hit = numbers.index[(numbers["task"] == task) & numbers["claim"].str.contains(says, regex=False)]
+        assert len(hit) == 1
+        return int(hit[0])
+
+    against_ad = at("darkroom", "AD (Transformer)")
+    assert numbers.at[against_ad, "verdict_before"] == claims.REPRODUCED
+    assert numbers.at[against_ad, "verdict_after"] == claims.NOT_REPRODUCED
+    assert numbers.at[against_ad, "moved"] and text.at[against_ad, "moved"] == "**moved**"
+    assert numbers.at[against_ad, "difference_before"] == pytest.approx(2.0)
+    assert numbers.at[against_ad, "difference_after"] == pytest.approx(-2.0)
+    in_context = at("darkroom", "in context")  # DM-H rises from 1 in both: reproduced twice, not moved
+    assert not numbers.at[in_context, "moved"] and text.at[in_context, "moved"] == ""
+    only_before, only_after = at("darkroom-hard", "AD (Transformer)"), at("key-to-door", "AD (Transformer)")
+    assert numbers.at[only_before, "verdict_after"] == claims.NO_RUNS and not numbers.at[only_before, "moved"]
+    assert text.at[only_before, "moved"] == "runs before only" and text.at[only_after, "moved"] == "runs after only"
+    assert set(numbers["task"]) == {"darkroom", "darkroom-hard", "key-to-door"}  # no row that neither has runs of
+    assert "the earlier campaign" in moved.caption

@@ -250,3 +250,45 @@ def claims_table(export: Export, view_cells: dict[str, pd.DataFrame]) -> Table:
                f"{convergence.PLATEAU_EVALS} evaluations within {convergence.PLATEAU_Z:g} x sqrt(2) x their "
                "standard error of each other), of those with enough evaluations to judge")
     return Table(NAME, caption, text, numbers)
+
+
+MOVED = "claims_moved"  # OUT/tables/claims_moved.{md,tex,csv}
+MOVED_TITLE = "Which verdicts moved: each claim judged on an earlier report's runs and on this one's"
+KEY = ["view", "claim", "task"]
+
+
+def moved_table(before: Table, after: Table, before_source: str) -> Table:
+    """The claims judged on both reports' runs side by side, one row per claim and task that either has runs of:
+    seeds, difference and verdict before and after, and whether the verdict moved (only a claim both reports have
+    runs of can move; the others say which report has them)."""
+    fields = ["n", "difference", "low", "high", "verdict", "updates"]
+    both = pd.merge(before.numbers[KEY + fields], after.numbers[KEY + fields], on=KEY, how="outer",
+                    suffixes=("_before", "_after"))
+    for when in ("before", "after"):  # a claim one report does not judge at all: no runs there
+        both[f"n_{when}"] = both[f"n_{when}"].fillna(0).astype(int)
+        both[f"verdict_{when}"] = both[f"verdict_{when}"].fillna(NO_RUNS)
+    both = both[(both["n_before"] > 0) | (both["n_after"] > 0)].reset_index(drop=True)
+    judged_both = (both["n_before"] > 0) & (both["n_after"] > 0)  # a claim one report has no runs of did not move
+    both["moved"] = judged_both & (both["verdict_before"] != both["verdict_after"])
+    order = {(c.view, c.says): i for i, c in enumerate(CLAIMS)}
+    both = both.iloc[sorted(range(len(both)), key=lambda i: (order.get((both.at[i, "view"], both.at[i, "claim"]),
+                                                                       len(order)), i))].reset_index(drop=True)
+
+    def side(when: str) -> list[str]:
+        return [f"{verdict} ({n}: {signed(d, lo, hi)})" for verdict, n, d, lo, hi in
+                zip(both[f"verdict_{when}"], both[f"n_{when}"], both[f"difference_{when}"], both[f"low_{when}"],
+                    both[f"high_{when}"], strict=True)]
+
+    text = pd.DataFrame({
+        "figure": both["view"],
+        "the paper says": both["claim"],
+        "task": both["task"].map(task_label),
+        "before: verdict (seeds: difference)": side("before"),
+        "after: verdict (seeds: difference)": side("after"),
+        "moved": ["**moved**" if m else "" if j else "runs before only" if nb else "runs after only"
+                  for m, j, nb in zip(both["moved"], judged_both, both["n_before"] > 0, strict=True)],
+    })
+    caption = (f"{MOVED_TITLE}. Before: {before_source}; after: this report. Each verdict as in "
+               f"{NAME}.md (the difference: the paper's side minus the other, mean over seeds with its Student-t "
+               f"{CONFIDENCE:.0%} interval); a claim either report has runs of, whether or not its verdict moved")
+    return Table(MOVED, caption, text, both)

@@ -1,6 +1,7 @@
 """Regenerate every table and figure of the paper from tracked runs, beside the paper's own numbers.
 
     python -m dmh.report.make_all [--tracking-uri URI] [--experiments NAME ...] [--out reports/] [--from-cache]
+                                  [--verdicts-before FOLDER]
     dmh report [same options]
 
 1. Export: the runs of the chosen MLflow experiments (default: all) → ``OUT/data/{runs,curves}.csv`` (one row per
@@ -11,7 +12,8 @@
    IQM with a 95 % bootstrap interval, the paper's number, and why anything is missing; for a return or score both
    the final evaluation, which the paper's number compares with, and the best evaluation during training).
 4. The paper's claims on the experiments run here, each a paired difference over seeds with a verdict
-   (``OUT/tables/claims.*``, :mod:`dmh.report.claims`).
+   (``OUT/tables/claims.*``, :mod:`dmh.report.claims`); with ``--verdicts-before FOLDER``, the same claims judged on
+   that report's runs beside these, and which verdicts moved (``OUT/tables/claims_moved.*``).
 5. ``OUT/index.md`` links everything and states the scale of every number (preset, gradient updates, seeds, tasks);
    ``OUT/index.html`` says the same on one self-contained page with every table and figure inline.
 
@@ -128,10 +130,11 @@ def note(reason: str, paper_status: str, provenance: str) -> str:
 
 
 def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | None, from_cache: bool | Path,
-                 echo: Callable[[str], None] = print) -> Path:
+                 echo: Callable[[str], None] = print, verdicts_before: Path | None = None) -> Path:
     """Everything the module docstring lists; returns ``OUT/index.md``. ``from_cache``: True reads OUT/data, a
     folder reads that report's cache (FOLDER/data, or FOLDER itself when it holds runs.csv) and copies it to
-    OUT/data, so the new report carries the numbers it was built from."""
+    OUT/data, so the new report carries the numbers it was built from. ``verdicts_before``: another report's folder
+    (or cache), whose runs the claims are judged on too, beside this report's (``tables/claims_moved.*``)."""
     data_dir = out / "data"
     source = cache_folder(from_cache) if isinstance(from_cache, Path) else data_dir
     export = load_export(source) if from_cache else export_runs(tracking_uri, experiments)
@@ -152,6 +155,12 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
     built = [judged, tables.table1(view_cells["table1"], view_cells["table1_efficiency"]),
              tables.table2(view_cells["table2"], paper),
              tables.table4(view_cells["table4_offline"], view_cells["table4_online"], paper), study]
+    moved = None
+    if verdicts_before is not None:
+        earlier = load_export(cache_folder(verdicts_before, "--verdicts-before"))
+        earlier_cells = {name: cells(earlier, paper, view) for name, view in VIEWS.items()}
+        moved = claims.moved_table(claims.claims_table(earlier, earlier_cells), judged, str(verdicts_before))
+        built.append(moved)
     for table in built:
         written[f"tables/{table.name}"] = tables.write_table(table, out / "tables")
     for name, spec in FIGURES.items():
@@ -177,6 +186,12 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
     if (study.numbers["n"] > 0).any():
         echo(f"\n{z_table.TITLE} ({written[f'tables/{study.name}'][0]})\n")
         echo(tables.markdown(study.text))
+    if moved is not None:
+        shifted = moved.numbers["moved"]
+        echo(f"\n{claims.MOVED_TITLE}: {int(shifted.sum())} of {len(shifted)} moved "
+             f"({written[f'tables/{moved.name}'][0]})\n")
+        if shifted.any():
+            echo(tables.markdown(moved.text[shifted.to_numpy()]))
     return index
 
 
@@ -224,9 +239,15 @@ def sections(export: Export, view_cells: dict[str, pd.DataFrame], built: dict[st
     verdicts = judged["verdict"].value_counts()
     summary = ", ".join(f"{int(verdicts.get(v, 0))} {v}" for v in claims.VERDICTS) + f", of {len(judged)}"
     seeds = judged.loc[judged["n"] > 0, "n"]
+    moved = []
+    if claims.MOVED in built:
+        shifted = built[claims.MOVED].numbers["moved"]
+        moved = [table(claims.MOVED, [Entry(claims.MOVED, claims.MOVED_TITLE, len(shifted), len(shifted), {}, {},
+                                            None, f"{int(shifted.sum())} of {len(shifted)} moved")])]
     return [table(claims.NAME, [Entry(claims.NAME, claims.TITLE, int((judged["n"] > 0).sum()), len(judged),
                                       {"seeds per claim": f"{seeds.min()}–{seeds.max()}" if len(seeds) else "0"},
                                       {}, None, summary)]),
+            *moved,
             *(table(name, [entry(v) for v in views]) for name, views in TABLE_VIEWS.items()),
             table(z_table.SWEEP, [Entry(z_table.SWEEP, z_table.TITLE, int((study["n"] > 0).sum()), len(study),
                                         scale(export, z_table.VIEW), missing(study), None)]),
@@ -244,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-cache", nargs="?", const=True, default=False, type=Path, metavar="FOLDER",
                         help="rebuild without MLflow from a report's cache: OUT/data, or FOLDER (a report folder "
                              "such as docs/results/campaign, or its data/ folder)")
+    parser.add_argument("--verdicts-before", type=Path, default=None, metavar="FOLDER",
+                        help="another report's folder or cache (e.g. docs/results/campaign): judge the claims on its "
+                             "runs too and write which verdicts moved (tables/claims_moved.*)")
     return parser
 
 
@@ -257,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             cache_folder(args.from_cache)
         elif not args.from_cache:
             check_store(uri)
-        index = build_report(args.out, uri, args.experiments, args.from_cache)
+        if args.verdicts_before is not None:
+            cache_folder(args.verdicts_before, "--verdicts-before")
+        index = build_report(args.out, uri, args.experiments, args.from_cache,
+                             verdicts_before=args.verdicts_before)
     except DmhError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -266,12 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cache_folder(folder: Path) -> Path:
-    """The exported cache a ``--from-cache FOLDER`` names: FOLDER/data, or FOLDER when it holds runs.csv."""
+def cache_folder(folder: Path, option: str = "--from-cache") -> Path:
+    """The exported cache a ``--from-cache FOLDER`` (or ``option``) names: FOLDER/data, or FOLDER when it holds
+    runs.csv."""
     for candidate in (folder / "data", folder):
         if (candidate / "runs.csv").is_file():
             return candidate
-    raise DmhError(f"--from-cache {folder}: no report cache there (runs.csv in {folder / 'data'} or {folder})")
+    raise DmhError(f"{option} {folder}: no report cache there (runs.csv in {folder / 'data'} or {folder})")
 
 
 def check_store(uri: str) -> None:
