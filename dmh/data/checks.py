@@ -89,8 +89,10 @@ def as_flags(arr: np.ndarray, key: str, source: str, *, numeric: bool = False) -
     return arr == 1
 
 
-def check_steps(arrays: Mapping[str, Any], env_id: str, source: str, *, numeric_flags: bool = False) -> None:
-    """Check the step arrays (``STEP_KEYS``) of a dataset of environment ``env_id`` (see the module docstring).
+def check_steps(arrays: Mapping[str, Any], env_id: str, source: str, *,
+                numeric_flags: bool = False) -> tuple[gym.spaces.Box, gym.spaces.Space]:
+    """Check the step arrays (``STEP_KEYS``) of a dataset of environment ``env_id`` (see the module docstring) and
+    return the environment's (observation space, action space) they were checked against, resolved once here.
 
     ``numeric_flags`` accepts 0/1 numbers as flags (D4RL files only).
     """
@@ -98,6 +100,7 @@ def check_steps(arrays: Mapping[str, Any], env_id: str, source: str, *, numeric_
         observation_space, action_space = spaces(env_id)
     except DmhError as exc:
         raise DmhError(f"{source}: {exc}") from None
+    label = _label(env_id)
     data = {k: np.asarray(arrays[k]) for k in STEP_KEYS}
     for key, arr in data.items():
         if arr.dtype.kind not in "biuf":
@@ -132,12 +135,12 @@ def check_steps(arrays: Mapping[str, Any], env_id: str, source: str, *, numeric_
             if not finite.all():
                 first = int(np.flatnonzero(~finite)[0])
                 raise DmhError(f"{source}: '{key}' contains NaN or inf (first at step {first})")
-    _check_observations(data["observations"], observation_space, env_id, source)
-    _check_actions(data["actions"], action_space, env_id, source)
+    _check_observations(data["observations"], observation_space, label, source)
+    _check_actions(data["actions"], action_space, label, source)
+    return observation_space, action_space
 
 
-def _check_actions(actions: np.ndarray, space: gym.spaces.Space, env_id: str, source: str) -> None:
-    label = _label(env_id)
+def _check_actions(actions: np.ndarray, space: gym.spaces.Space, label: str, source: str) -> None:
     if isinstance(space, gym.spaces.Discrete):
         if actions.dtype.kind not in "iu" or actions.ndim != 1:
             raise DmhError(f"{source}: 'actions' has dtype {actions.dtype} and shape {actions.shape}, but {label} has "
@@ -160,8 +163,7 @@ def _check_actions(actions: np.ndarray, space: gym.spaces.Space, env_id: str, so
                         f"{ACTION_TOLERANCE:g})", actions)
 
 
-def _check_observations(observations: np.ndarray, space: gym.spaces.Box, env_id: str, source: str) -> None:
-    label = _label(env_id)
+def _check_observations(observations: np.ndarray, space: gym.spaces.Box, label: str, source: str) -> None:
     if observations.shape[1:] != space.shape:
         raise DmhError(f"{source}: 'observations' has shape {observations.shape} but {label} has {space.shape[0]} "
                        "per step")
@@ -188,8 +190,8 @@ def check_dataset(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], sou
         raise DmhError(f"{source}: metadata 'env_id' must be an environment id, got {env_id!r}")
     if not isinstance(meta["discrete"], bool):
         raise DmhError(f"{source}: metadata 'discrete' must be true or false, got {meta['discrete']!r}")
-    check_steps({k: arrays[k] for k in STEP_KEYS}, env_id, source)
-    discrete = isinstance(spaces(env_id)[1], gym.spaces.Discrete)
+    _, action_space = check_steps({k: arrays[k] for k in STEP_KEYS}, env_id, source)
+    discrete = isinstance(action_space, gym.spaces.Discrete)
     if meta["discrete"] != discrete:
         raise DmhError(f"{source}: metadata says discrete={meta['discrete']}, but {_label(env_id)}'s actions are "
                        f"{'discrete' if discrete else 'continuous'}")
