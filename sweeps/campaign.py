@@ -53,9 +53,9 @@ CPU = ("--set", "steps=3000", "--set", "eval_tasks=0", "--set", "eval_every=500"
 # on cores shared ~2.5 ways, hours per run: so lengths 50 and 200 at 1000 updates (docs/results.md)
 TMAZE = ("--lengths", "50", "200", "--set", "steps=1000", "--set", "eval_tasks=0", "--set", "eval_every=250",
          "--set", "checkpoint_every=250")
-# The Large tasks' 2000-step contexts: one update of every run of the long-horizon campaign costs about 180 s summed
-# (docs/results.md, "The long-horizon campaign"), so 1000 updates keep it under the issue's 60 trial-hours with its
-# evaluations. Provisional: the pilot on Large Darkroom found AD (Mamba) still rising at 2000 updates, so the grid
+# The Large tasks' 2000-step contexts: what one update of every run of the long-horizon campaign costs, and so how
+# many updates the issue's 60 trial-hours buy, is in docs/results.md ("The long-horizon campaign"); 1000 stay under
+# it. Provisional: the pilot on Large Darkroom found AD (Mamba) still rising at 2000 updates, so the grid
 # (c values, tasks) or the scale is to be cut to afford more updates before this campaign runs
 LONG = ("--set", "steps=1000", "--set", "eval_tasks=0", "--set", "eval_every=250", "--set", "checkpoint_every=250")
 

@@ -26,9 +26,7 @@ def run(sweep: str, algo: str, task: str, seed: int, **values) -> dict:
 
 
 def judged(runs: list[dict], curves: list[tuple[str, int, float]] = ()) -> pd.DataFrame:
-    export = Export(pd.DataFrame(runs, columns=RUN_COLUMNS), pd.DataFrame(list(curves), columns=CURVE_COLUMNS), {})
-    paper = load_paper_numbers()
-    return claims.claims_table(export, {name: cells(export, paper, view) for name, view in VIEWS.items()}).numbers
+    return claims_of(runs, curves).numbers
 
 
 def row(numbers: pd.DataFrame, view: str, task: str, claim: str | None = None) -> pd.Series:
@@ -150,7 +148,7 @@ def test_the_long_horizon_claims_are_judged_on_the_large_tasks_beside_the_papers
     assert c_study["difference"] == pytest.approx(0.2)  # the mean over seeds of 0.19, 0.20, 0.21
 
 
-def claims_of(runs: list[dict], curves: list[tuple[str, int, float]]) -> claims.Table:
+def claims_of(runs: list[dict], curves: list[tuple[str, int, float]] = ()) -> claims.Table:
     export = Export(pd.DataFrame(runs, columns=RUN_COLUMNS), pd.DataFrame(list(curves), columns=CURVE_COLUMNS), {})
     paper = load_paper_numbers()
     return claims.claims_table(export, {name: cells(export, paper, view) for name, view in VIEWS.items()})

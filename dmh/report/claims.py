@@ -270,9 +270,9 @@ def moved_table(before: Table, after: Table, before_source: str) -> Table:
     both = both[(both["n_before"] > 0) | (both["n_after"] > 0)].reset_index(drop=True)
     judged_both = (both["n_before"] > 0) & (both["n_after"] > 0)  # a claim one report has no runs of did not move
     both["moved"] = judged_both & (both["verdict_before"] != both["verdict_after"])
-    order = {(c.view, c.says): i for i, c in enumerate(CLAIMS)}
-    both = both.iloc[sorted(range(len(both)), key=lambda i: (order.get((both.at[i, "view"], both.at[i, "claim"]),
-                                                                       len(order)), i))].reset_index(drop=True)
+    order = {(c.view, c.says): i for i, c in enumerate(CLAIMS)}  # the claims' own order, as in claims.md
+    rank = [order.get(key, len(order)) for key in zip(both["view"], both["claim"], strict=True)]
+    both = both.iloc[pd.Series(rank).argsort(kind="stable")].reset_index(drop=True)
 
     def side(when: str) -> list[str]:
         return [f"{verdict} ({n}: {signed(d, lo, hi)})" for verdict, n, d, lo, hi in

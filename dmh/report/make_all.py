@@ -141,7 +141,10 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
     if not from_cache or source.resolve() != data_dir.resolve():
         save_export(export, data_dir)
     paper = load_paper_numbers()
-    view_cells = {name: cells(export, paper, view) for name, view in VIEWS.items()}
+    def cells_of(runs: Export) -> dict[str, pd.DataFrame]:
+        return {name: cells(runs, paper, view) for name, view in VIEWS.items()}
+
+    view_cells = cells_of(export)
     texts = {name: comparison(frame) for name, frame in view_cells.items()}
     written: dict[str, list[Path]] = {}
     for name, frame in view_cells.items():
@@ -158,8 +161,7 @@ def build_report(out: Path, tracking_uri: str | None, experiments: list[str] | N
     moved = None
     if verdicts_before is not None:
         earlier = load_export(cache_folder(verdicts_before, "--verdicts-before"))
-        earlier_cells = {name: cells(earlier, paper, view) for name, view in VIEWS.items()}
-        moved = claims.moved_table(claims.claims_table(earlier, earlier_cells), judged, str(verdicts_before))
+        moved = claims.moved_table(claims.claims_table(earlier, cells_of(earlier)), judged, str(verdicts_before))
         built.append(moved)
     for table in built:
         written[f"tables/{table.name}"] = tables.write_table(table, out / "tables")
